@@ -1,0 +1,221 @@
+"""Experiment configuration: frozen dataclasses, a strict YAML loader and dotted overrides.
+
+Defaults live here and nowhere else; a YAML file only overrides them. Every key is checked: an
+unknown key or a value of the wrong type raises ``ConfigError`` naming the dotted key (and the
+file it came from). Values that can be derived (the run folder, the number of tasks) are
+properties or are computed by the loop; nothing writes back into a loaded config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (and file) at fault."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    # Which task stream: one of the paper's benchmarks, or "custom" (folders of JSONL, see docs).
+    benchmark: Literal["asc", "dsc_small", "dsc_full", "20news", "custom"] = "asc"
+    # Data root; the environment variable CTR_JAX_DATA_ROOT overrides it. None -> ../shared/data.
+    root: str | None = None
+    # Task order index (0..4) of the benchmark (spec §7); ignored for custom streams.
+    order: int = 0
+    # Learn only the first k tasks of the order (quick runs). None = all.
+    num_tasks: int | None = None
+    # For benchmark "custom": the task folder names in learning order (None = sorted folder names).
+    custom_tasks: tuple[str, ...] | None = None
+    # Keep at most this many training examples per task (a seeded random subset). None = all.
+    max_train_examples: int | None = None
+    # Wordpieces per example including [CLS]/[SEP] (spec §7).
+    max_len: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    # Hugging Face BERT folder, hub id, or None for the packaged all-MiniLM-L6-v2.
+    backbone: str | None = None
+    # Width of the task-specific module (HAT MLP D -> A -> D); spec §3.4 uses 2000.
+    tsm_width: int = 2000
+    # Task-capsule depth: 1 (D -> C) or 2 (D -> capsule_hidden -> C, no nonlinearity), spec §3.1.
+    capsule_layers: Literal[1, 2] = 2
+    capsule_hidden: int = 100
+    # Capsule dimension C and number of transfer capsules N (spec §3, both 3).
+    capsule_dim: int = 3
+    num_transfer_caps: int = 3
+    # Similarity-estimator CNN: filters per kernel size and the kernel sizes.
+    cnn_filters: int = 100
+    cnn_kernels: tuple[int, ...] = (3, 4, 5)
+    # Evaluate with Gumbel noise in the task router, as the original code does (spec §10.5).
+    eval_router_noise: bool = False
+    # Gumbel-softmax temperature of the task router.
+    router_tau: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class HatConfig:
+    s_max: float = 400.0  # final gate temperature; masks are taken at this value
+    reg_weight: float = 0.75  # lambda of the mask regulariser (spec §5.1)
+    clamp: float = 6.0  # |e| bound re-applied after every update (spec §5.3.6)
+    cosh_clip: float = 50.0  # clip of s*e inside cosh in the gradient compensation
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # Epochs per task; None = the paper's (spec §5.4: SemEval 10, Bing 30, DSC 20, 20News 10).
+    epochs: int | None = None
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    lr: float = 5e-5
+    warmup: float = 0.1  # fraction of a task's steps spent in linear warm-up
+    weight_decay: float = 0.01  # decoupled (AdamW); never on biases and LayerNorms
+    clip_norm: float = 1.0  # per-tensor gradient-norm clip (as BertAdam, spec §5.3.5)
+    # Padded sequence lengths; every batch is padded to the smallest bucket that fits it.
+    buckets: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "ctr"
+    method: Literal["ctr"] = "ctr"
+    seed: int = 0
+    # Parent folder of run folders; the run writes to <runs_dir>/<name>/.
+    runs_dir: str = "runs"
+    log_level: Literal["DEBUG", "INFO", "WARNING"] = "INFO"
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    hat: HatConfig = dataclasses.field(default_factory=HatConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def fingerprint(self) -> str:
+        """A hash of everything that changes results (not the log level)."""
+        d = self.to_dict()
+        d.pop("log_level")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, tuple | list):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _check_value(tp: Any, value: Any, key: str) -> Any:
+    """Validates `value` against type `tp`; returns it converted (lists -> tuples)."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin is Literal:
+        if value not in typing.get_args(tp) or isinstance(value, bool) != any(
+            isinstance(a, bool) for a in typing.get_args(tp)
+        ):
+            raise ConfigError(f"{key}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _check_value(a, value, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of {tp}")
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        (item_tp, _) = typing.get_args(tp)
+        return tuple(_check_value(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover - schema bug
+
+
+def from_dict(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
+    """Builds dataclass `cls` from nested dicts; unknown keys and wrong types raise ConfigError."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := sorted(set(raw) - names):
+        raise ConfigError(
+            f"unknown config key(s) {[prefix + k for k in unknown]}; "
+            f"valid keys here: {sorted(prefix + n for n in names)}"
+        )
+    return cls(**{k: _check_value(hints[k], v, prefix + k) for k, v in raw.items()})
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected key.path=value")
+    key, text = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(text) if text.strip() else None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies `a.b=c` overrides (values parsed as YAML) to a nested dict copy."""
+    out = json.loads(json.dumps(raw))
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[path[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None):
+    """Loads a YAML config (optional) plus `key=value` overrides into an ExperimentConfig."""
+    raw: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML: {e}") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return from_dict(ExperimentConfig, raw)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None

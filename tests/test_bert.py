@@ -1,0 +1,266 @@
+"""Tests for ctr_jax.models.bert: HF parity, shapes, the plugin hook, variable types, weight import.
+
+The parity fixture is written by scripts/make_bert_fixture.py (torch + transformers); this file
+never imports torch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from safetensors.numpy import save_file
+
+from ctr_jax.models import bert
+from ctr_jax.models.bert import (
+    BackboneError,
+    BertConfig,
+    BertEncoder,
+    load_pretrained,
+    resolve_backbone,
+)
+from ctr_jax.models.variables import BertParam, LayerNormParam
+
+FIXTURE = Path(__file__).parent / "fixtures" / "bert_parity_minilm.npz"
+TOL = 1e-4
+
+
+# ------------------------------------------------------------------------------------------
+# Parity with Hugging Face transformers (default backbone, all-MiniLM-L6-v2)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fixture_batch() -> dict[str, np.ndarray]:
+    with np.load(FIXTURE) as f:
+        return dict(f)
+
+
+@pytest.fixture(scope="module")
+def minilm(backbone_folder: Path) -> BertEncoder:
+    assert resolve_backbone(None) == backbone_folder
+    return load_pretrained(resolve_backbone(None))
+
+
+def _run(model: BertEncoder, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    # "highest" keeps float32 matmuls exact on accelerators too (TF32/bf16 passes would not be).
+    with jax.default_matmul_precision("highest"):
+        h, pooled = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    return np.asarray(h), np.asarray(pooled)
+
+
+def _diffs(model: BertEncoder, batch: dict[str, np.ndarray]) -> dict[str, float]:
+    h, pooled = _run(model, batch)
+    real = batch["attention_mask"].astype(bool)  # [B, L]
+    dh = np.abs(h - batch["last_hidden_state"])  # [B, L, D]
+    return {
+        "real": float(dh[real].max()),
+        "all": float(dh.max()),
+        "pooled": float(np.abs(pooled - batch["pooler_output"]).max()),
+    }
+
+
+def test_fixture_is_a_real_batch(fixture_batch):
+    mask = fixture_batch["attention_mask"]
+    lengths = mask.sum(1)
+    assert len(set(lengths.tolist())) > 4, "sentences of different lengths"
+    assert (mask[:, 0] == 1).all() and (lengths < mask.shape[1]).any(), "some rows are padded"
+    assert (fixture_batch["token_type_ids"] == 1).any(), "some rows are sentence pairs"
+
+
+def test_parity_with_transformers(minilm, fixture_batch):
+    diffs = _diffs(minilm, fixture_batch)
+    assert diffs["real"] <= TOL, diffs
+    assert diffs["pooled"] <= TOL, diffs
+    # Padded positions are not used downstream, but they match too (margin is smaller there).
+    assert diffs["all"] <= TOL, diffs
+
+
+def test_parity_check_is_sensitive(backbone_folder, fixture_batch, tmp_path):
+    """Same weights, layer_norm_eps 1e-5 instead of 1e-12: the parity check must fail."""
+    raw = json.loads((backbone_folder / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**raw, "layer_norm_eps": 1e-5}))
+    (tmp_path / "model.safetensors").symlink_to(backbone_folder / "model.safetensors")
+    wrong = load_pretrained(tmp_path)
+    assert wrong.config.layer_norm_eps == 1e-5
+    diffs = _diffs(wrong, fixture_batch)
+    assert diffs["real"] > TOL, diffs
+
+
+# ------------------------------------------------------------------------------------------
+# Tiny random model: shapes, dropout, plugin hook, variable types
+# ------------------------------------------------------------------------------------------
+
+
+def _tiny_batch(b: int = 3, length: int = 9, vocab: int = 100) -> tuple[jax.Array, ...]:
+    ids = jax.random.randint(jax.random.key(1), (b, length), 1, vocab, jnp.int32)
+    types = jnp.zeros((b, length), jnp.int32).at[:, length // 2 :].set(1)
+    lengths = jnp.arange(b) % length + length // 2
+    mask = (jnp.arange(length)[None] < lengths[:, None]).astype(jnp.int32)
+    return ids, types, mask
+
+
+@pytest.fixture(scope="module")
+def tiny() -> BertEncoder:
+    return BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(0))
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def _apply_jit(graphdef, state, batch, key):
+    return nnx.merge(graphdef, state)(*batch, dropout_key=key)
+
+
+def _apply(model: BertEncoder, batch, key=None, plugin=None):
+    """Eager call (per-op compiles are cached across tests; a plugin is a Python side effect)."""
+    return model(*batch, dropout_key=key, plugin=plugin)
+
+
+def test_shapes_with_and_without_dropout(tiny):
+    batch = _tiny_batch()
+    graphdef, state = nnx.split(tiny)
+    det = _apply(tiny, batch)
+    drop_a = _apply_jit(graphdef, state, batch, jax.random.key(0))  # the way training calls it
+    drop_b = _apply_jit(graphdef, state, batch, jax.random.key(0))
+    drop_c = _apply_jit(graphdef, state, batch, jax.random.key(1))
+    for h, pooled in (det, drop_a, drop_c):
+        chex.assert_shape(h, (3, 9, 32))
+        chex.assert_shape(pooled, (3, 32))
+        chex.assert_tree_all_finite((h, pooled))
+    chex.assert_trees_all_equal(drop_a, drop_b)  # pure: the key alone decides the masks
+    assert not np.allclose(drop_a[0], det[0]) and not np.allclose(drop_a[0], drop_c[0])
+    chex.assert_trees_all_equal(_apply(tiny, batch), det)  # no hidden state consumed
+
+
+def test_identity_plugin_is_exact_and_called_per_site(tiny):
+    batch = _tiny_batch()
+    calls: list[tuple[int, str, tuple[int, ...]]] = []
+
+    def plugin(layer: int, site: str, x: jax.Array) -> jax.Array:
+        calls.append((layer, site, x.shape))
+        return x
+
+    chex.assert_trees_all_equal(_apply(tiny, batch, plugin=plugin), _apply(tiny, batch))
+    layers = tiny.config.num_hidden_layers
+    assert calls == [(i, s, (3, 9, 32)) for i in range(layers) for s in ("attn", "ffn")]
+
+
+def test_plugin_output_is_used(tiny):
+    batch = _tiny_batch()
+    h, _ = _apply(tiny, batch)
+    h2, _ = _apply(tiny, batch, plugin=lambda i, s, x: x + (i == 1 and s == "ffn"))
+    assert not np.allclose(h, h2)
+
+
+def test_variable_types(tiny):
+    _, ln, frozen, rest = nnx.split(tiny, LayerNormParam, BertParam, ...)
+    layers = tiny.config.num_hidden_layers
+    assert len(jax.tree.leaves(ln)) == 2 * layers * 2  # 2 LayerNorms x (scale, bias) per layer
+    assert len(jax.tree.leaves(rest)) == 0
+    # embeddings 3 + embedding LN 2 + pooler 2 + per layer 6 dense x (kernel, bias)
+    assert len(jax.tree.leaves(frozen)) == 7 + 12 * layers
+
+
+# ------------------------------------------------------------------------------------------
+# Weight import and errors
+# ------------------------------------------------------------------------------------------
+
+
+def _hf_tensors(model: BertEncoder) -> dict[str, np.ndarray]:
+    """The model's weights under HF BertModel key names (kernels transposed back)."""
+    out = {}
+    for var, name, transpose in bert._hf_layout(model):
+        arr = np.asarray(var[...])
+        out[name] = np.ascontiguousarray(arr.T if transpose else arr)
+    return out
+
+
+def _write_folder(folder: Path, config: BertConfig, tensors: dict[str, np.ndarray]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    raw = {"model_type": "bert", "architectures": ["BertModel"], "hidden_act": "gelu"}
+    raw |= {k: getattr(config, k) for k in config.__dataclass_fields__}
+    (folder / "config.json").write_text(json.dumps(raw))
+    save_file(tensors, str(folder / "model.safetensors"))
+    return folder
+
+
+def test_round_trip_bare_keys(tiny, tmp_path):
+    folder = _write_folder(tmp_path / "m", tiny.config, _hf_tensors(tiny))
+    loaded = load_pretrained(folder)
+    batch = _tiny_batch()
+    chex.assert_trees_all_equal(_apply(loaded, batch), _apply(tiny, batch))
+
+
+def test_round_trip_prefixed_old_names_extra_keys(tiny, tmp_path):
+    tensors = {}
+    for name, arr in _hf_tensors(tiny).items():
+        name = name.replace("LayerNorm.weight", "LayerNorm.gamma")
+        tensors["bert." + name.replace("LayerNorm.bias", "LayerNorm.beta")] = arr
+    tensors["cls.predictions.bias"] = np.zeros(100, np.float32)
+    tensors["bert.embeddings.position_ids"] = np.arange(64, dtype=np.int64)[None]
+    loaded = load_pretrained(_write_folder(tmp_path / "m", tiny.config, tensors))
+    batch = _tiny_batch()
+    chex.assert_trees_all_equal(_apply(loaded, batch), _apply(tiny, batch))
+
+
+def test_missing_config(tmp_path):
+    with pytest.raises(BackboneError, match="config.json"):
+        load_pretrained(tmp_path)
+
+
+def test_non_bert_config(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 2}))
+    with pytest.raises(BackboneError, match=r"config\.json.*model_type.*gpt2"):
+        load_pretrained(tmp_path)
+
+
+def test_unsupported_activation(tmp_path, tiny):
+    folder = _write_folder(tmp_path, tiny.config, _hf_tensors(tiny))
+    raw = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**raw, "hidden_act": "relu"}))
+    with pytest.raises(BackboneError, match="hidden_act"):
+        load_pretrained(folder)
+
+
+def test_missing_weights_file(tmp_path, tiny):
+    folder = _write_folder(tmp_path, tiny.config, _hf_tensors(tiny))
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(BackboneError, match="model.safetensors not found"):
+        load_pretrained(folder)
+    (folder / "pytorch_model.bin").write_bytes(b"")
+    with pytest.raises(BackboneError, match="pytorch_model.bin"):
+        load_pretrained(folder)
+
+
+def test_shape_mismatch(tmp_path, tiny):
+    tensors = _hf_tensors(tiny)
+    key = "encoder.layer.1.intermediate.dense.weight"
+    tensors[key] = np.zeros((64, 31), np.float32)
+    with pytest.raises(BackboneError, match=rf"{key}.*\(64, 31\).*\(64, 32\)"):
+        load_pretrained(_write_folder(tmp_path, tiny.config, tensors))
+
+
+def test_missing_key(tmp_path, tiny):
+    tensors = _hf_tensors(tiny)
+    del tensors["encoder.layer.0.attention.self.value.bias"]
+    with pytest.raises(
+        BackboneError, match=r"model\.safetensors.*layer\.0\.attention\.self\.value"
+    ):
+        load_pretrained(_write_folder(tmp_path, tiny.config, tensors))
+
+
+def test_resolve_backbone(tmp_path, monkeypatch):
+    assert resolve_backbone(str(tmp_path)) == tmp_path
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
+    with pytest.raises(BackboneError, match=r"bert-base-uncased.*model\.safetensors.*folder path"):
+        resolve_backbone("bert-base-uncased")
