@@ -1,0 +1,70 @@
+"""Fixed-size batches padded to a small set of lengths ("buckets").
+
+Every batch has exactly `batch_size` rows (rows that only fill a short last batch get weight 0)
+and is padded to the smallest bucket >= its longest example, so a run compiles each step once
+per bucket. Training batches are drawn in a seeded random order but grouped by length within
+large chunks, so most batches land in a short bucket without losing the shuffle.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ctr_jax.data.tokenize import Encoded
+from ctr_jax.training.step import Batch
+
+_GROUP_CHUNK = 50  # batches per length-grouping chunk
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= length. A length beyond the largest bucket is an error."""
+    for b in sorted(buckets):
+        if length <= b:
+            return b
+    raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
+
+
+def make_batch(enc: Encoded, idx: np.ndarray, batch_size: int, buckets: Sequence[int]) -> Batch:
+    """Rows `idx` of `enc` as one Batch of `batch_size` rows, padded to a bucket."""
+    n = len(idx)
+    width = bucket_for(int(enc.lengths[idx].max()), buckets)
+    rows = np.concatenate([idx, np.full(batch_size - n, idx[0])])  # filler rows, weight 0
+    lengths = enc.lengths[rows]
+    return Batch(
+        input_ids=enc.input_ids[rows, :width],
+        token_type_ids=enc.token_type_ids[rows, :width],
+        attention_mask=(np.arange(width)[None, :] < lengths[:, None]).astype(np.int32),
+        labels=enc.labels[rows],
+        weight=(np.arange(batch_size) < n).astype(np.float32),
+    )
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    return -(-n // batch_size)
+
+
+def train_batches(
+    enc: Encoded, batch_size: int, buckets: Sequence[int], rng: np.random.Generator
+) -> Iterator[Batch]:
+    """One epoch of shuffled, length-grouped batches (the last partial batch is kept)."""
+    perm = rng.permutation(len(enc))
+    chunk = batch_size * _GROUP_CHUNK
+    groups = []
+    for start in range(0, len(perm), chunk):
+        part = perm[start : start + chunk]
+        part = part[np.argsort(enc.lengths[part], kind="stable")]
+        groups += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+    for g in rng.permutation(len(groups)):
+        yield make_batch(enc, groups[g], batch_size, buckets)
+
+
+def eval_batches(
+    enc: Encoded, batch_size: int, buckets: Sequence[int]
+) -> Iterator[tuple[Batch, np.ndarray]]:
+    """Batches sorted by length (fewest padded tokens); yields (batch, original row indices)."""
+    order = np.argsort(enc.lengths, kind="stable")
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        yield make_batch(enc, idx, batch_size, buckets), idx

@@ -1,0 +1,103 @@
+"""The CTR model: frozen BERT + CL-plugins at both insertion points of every layer + task heads.
+
+    logits_t = head_t(dropout(pooler(BERT_with_plugins(x; t, s))))        spec §2
+
+Heads of all T tasks are stacked ``[T, D, C_max]``; a task with fewer classes than ``C_max``
+gets its extra logits masked to a large negative value, so the cross-entropy equals the one of
+an ``n_t``-way head and every task runs the same compiled step.
+
+Legend: B batch, L tokens, D encoder width, T task capacity, C_max the largest class count,
+P = 2 * num_layers plugins, A TSM width.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ctr_jax.config import ModelConfig
+from ctr_jax.models.bert import BertEncoder
+from ctr_jax.models.plugins import CLPlugins
+from ctr_jax.models.variables import Buffer, HeadParam
+
+NEG_INF = -1e9  # logit of a class the task does not have
+POOLED_DROPOUT = 0.1
+
+
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+class CTRClassifier(nnx.Module):
+    """Frozen encoder + CTR plugins + per-task heads."""
+
+    def __init__(
+        self,
+        encoder: BertEncoder,
+        num_classes: Sequence[int],
+        cfg: ModelConfig,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        T, D = len(num_classes), encoder.config.hidden_size
+        c_max = max(num_classes)
+        self.encoder = encoder
+        self.num_plugins = 2 * encoder.config.num_hidden_layers
+        self.plugins = CLPlugins(self.num_plugins, D, T, cfg, rngs=rngs)
+        bound = 1.0 / D**0.5  # PyTorch's Linear default init (spec §4)
+        self.head_w = HeadParam(
+            jax.random.uniform(rngs.params(), (T, D, c_max), jnp.float32, -bound, bound),
+            task_axis=0,
+        )
+        self.head_b = HeadParam(
+            jax.random.uniform(rngs.params(), (T, c_max), jnp.float32, -bound, bound),
+            task_axis=0,
+            decay=False,
+        )
+        valid = np.arange(c_max)[None, :] < np.asarray(num_classes)[:, None]
+        self.class_valid = Buffer(jnp.asarray(valid))  # [T, C_max]
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array,
+        attention_mask: jax.Array,
+        task_id: jax.Array,
+        s: jax.Array,
+        *,
+        dropout_key: jax.Array | None = None,
+        router_key: jax.Array | None = None,
+        straight_through: bool = False,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        """ids/mask: [B, L] int32, task_id: [] int32, s: [] float.
+
+        Returns (logits [B, C_max], gates (g1 [P, A], g2 [P, D])). dropout_key None = eval mode;
+        router_key None = deterministic router.
+        """
+        g1, g2 = self.plugins.gates(task_id, s)
+        mask = attention_mask.astype(jnp.float32)
+        enc_key = pool_key = None
+        if dropout_key is not None:
+            enc_key, pool_key = jax.random.split(dropout_key)
+
+        def plugin(layer: int, site: str, x: jax.Array) -> jax.Array:
+            p = 2 * layer + (site == "ffn")
+            key = None if router_key is None else jax.random.fold_in(router_key, p)
+            return self.plugins(p, x, mask, task_id, g1[p], g2[p], key, straight_through)
+
+        _, pooled = self.encoder(
+            input_ids, token_type_ids, attention_mask, dropout_key=enc_key, plugin=plugin
+        )
+        pooled = _dropout(pooled, POOLED_DROPOUT, pool_key)  # [B, D]
+        w = jnp.take(self.head_w[...], task_id, axis=0)  # [D, C_max]
+        b = jnp.take(self.head_b[...], task_id, axis=0)  # [C_max]
+        logits = pooled @ w + b
+        valid = jnp.take(self.class_valid[...], task_id, axis=0)  # [C_max]
+        return jnp.where(valid, logits, NEG_INF), (g1, g2)

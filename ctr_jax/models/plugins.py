@@ -1,0 +1,220 @@
+"""CTR's CL-plugins: knowledge-sharing module (task capsules + transfer routing) and HAT TSM.
+
+Spec §3. Every transformer layer gets two plugins (after the attention-output and the
+FFN-output dense + dropout, before the residual add and LayerNorm), P = 2 * num_layers in all.
+All plugins have the same shapes, so their parameters are stacked on a leading plugin axis
+``[P, ...]`` and plugin ``p`` reads slice ``p``. That keeps the HAT protection a few broadcasts
+(see ``hat.py``) and the parameter tree small.
+
+One plugin, input x [B, L, D] (post-dropout dense output), task t, HAT scale s:
+
+    TK-Layer   U[b,l,k,:] = f_k(x[b,l])              task capsules, f_k: D -> C (1 or 2 layers)
+               U[..., k, :] = 0 for k > t             future capsules take no part
+               U <- squash over the task axis k       (spec §3.1, §10.2)
+    TR-Layer   P[b,l,k,n] = U[b,l,k] @ W_route[n,k]   pre-route vectors            [B, L, T, N, C]
+               Phi_k = P[:, :, k] flattened            per-task features            [B, L, N*C]
+               c_t = maxpool(relu(conv_cur(Phi_t)))    current-task code            [B, 3F]
+               z_k = maxpool(relu(conv_src(Phi_k) + c_t W_cur))                     [B, T, 3F]
+               a_k = z_k W_sim (similarity), r_k = z_k W_dec (router logits)
+               delta_k = hard Gumbel-softmax(r_k)[0]   (straight-through in training)
+               v[n] = sum_{k<=t} a_k[n] * delta_k * P[:, :, k, n]                   [B, L, N, C]
+               ksm = v W_big + b_big                                                [B, L, D]
+    TSM        out = x + m2 * relu(m1 * relu((x + ksm) W1 + b1) W2 + b2)            (spec §3.4)
+
+Deviations from the original code, on purpose (README "Deviations"):
+- routing is per example ("semantic" layout, spec §3.5), not the original's batch-mixing reshapes;
+- future capsules are masked out before the squash (the original lets them into the norm);
+- padding never changes a result: padded positions are zeroed before the similarity CNN and
+  excluded from its max-pool (the original pools over padding);
+- the "phantom" gate of spec §3.3 is dropped (it multiplies nothing in the forward pass).
+
+Legend: B batch, L tokens, D encoder width, T task capacity, C capsule dim, N transfer capsules,
+F CNN filters, A TSM width, P plugins.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ctr_jax.config import ModelConfig
+from ctr_jax.models import hat
+from ctr_jax.models.variables import CapsuleParam, PluginParam, TaskEmbedding
+
+_INIT_STD = 0.02  # BERT's initializer_range: HF re-initialises the plugin Linears with it (spec §4)
+
+
+def _normal(rngs: nnx.Rngs, shape, std=_INIT_STD) -> jax.Array:
+    return std * jax.random.normal(rngs.params(), shape, jnp.float32)
+
+
+def _uniform(rngs: nnx.Rngs, shape, bound: float) -> jax.Array:
+    return jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
+
+
+def _windows(x: jax.Array, k: int) -> jax.Array:
+    """Sliding windows along axis -2 for a 1-D convolution as one matmul (im2col).
+
+    x: [..., L, Cin] -> [..., L - k + 1, k * Cin]. With Cin = 9 a matmul beats a generic conv.
+    """
+    n = x.shape[-2] - k + 1
+    return jnp.concatenate([x[..., i : i + n, :] for i in range(k)], axis=-1)
+
+
+def _masked_max(y: jax.Array, valid: jax.Array) -> jax.Array:
+    """Max over positions of ReLU outputs y [..., L', F] where valid [..., L'] (0 if none)."""
+    return jnp.max(y * valid[..., None], axis=-2)
+
+
+def hard_gumbel_gate(
+    logits: jax.Array, key: jax.Array | None, tau: float, straight_through: bool
+) -> jax.Array:
+    """Router gate delta in {0, 1} ("transfer" = component 0). logits: [..., 2] -> [...].
+
+    With a key, Gumbel noise is added (training, or the original's noisy evaluation); with
+    `straight_through` the backward pass uses the soft sample's gradient (spec §3.2).
+    """
+    if key is not None:
+        logits = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
+    soft = jax.nn.softmax(logits / tau, axis=-1)
+    hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), logits.shape[-1], dtype=soft.dtype)
+    if straight_through:
+        hard = hard + soft - jax.lax.stop_gradient(soft)
+    return hard[..., 0]
+
+
+class CLPlugins(nnx.Module):
+    """All P CL-plugins of the encoder; parameters stacked on a leading plugin axis."""
+
+    def __init__(
+        self, num_plugins: int, d_model: int, num_tasks: int, cfg: ModelConfig, *, rngs: nnx.Rngs
+    ):
+        P, D, T = num_plugins, d_model, num_tasks
+        C, N, F, A = cfg.capsule_dim, cfg.num_transfer_caps, cfg.cnn_filters, cfg.tsm_width
+        self.cfg = cfg
+        self.num_tasks = T
+        # TK-Layer: per-task capsule networks [P, T, ...]; task axis 1.
+        cap = dict(task_axis=1)
+        if cfg.capsule_layers == 2:
+            M = cfg.capsule_hidden
+            self.caps_w1 = CapsuleParam(_normal(rngs, (P, T, D, M)), **cap)
+            self.caps_b1 = CapsuleParam(jnp.zeros((P, T, M)), decay=False, **cap)
+            self.caps_w2 = CapsuleParam(_normal(rngs, (P, T, M, C)), **cap)
+            self.caps_b2 = CapsuleParam(jnp.zeros((P, T, C)), decay=False, **cap)
+        else:
+            self.caps_w1 = CapsuleParam(_normal(rngs, (P, T, D, C)), **cap)
+            self.caps_b1 = CapsuleParam(jnp.zeros((P, T, C)), decay=False, **cap)
+        # TR-Layer. W_route is a raw N(0, 1) parameter in the original (spec §4).
+        self.route = PluginParam(jax.random.normal(rngs.params(), (P, N, T, C, C)))
+        cin = N * C
+        for k in cfg.cnn_kernels:
+            bound = 1.0 / (cin * k) ** 0.5  # PyTorch's Conv1d default init
+            setattr(self, f"conv_cur{k}_w", PluginParam(_uniform(rngs, (P, k * cin, F), bound)))
+            setattr(self, f"conv_cur{k}_b", PluginParam(_uniform(rngs, (P, F), bound), decay=False))
+            setattr(self, f"conv_src{k}_w", PluginParam(_uniform(rngs, (P, k * cin, F), bound)))
+            setattr(self, f"conv_src{k}_b", PluginParam(_uniform(rngs, (P, F), bound), decay=False))
+        code = F * len(cfg.cnn_kernels)
+        self.cur_w = PluginParam(_normal(rngs, (P, code, F)))
+        self.cur_b = PluginParam(jnp.zeros((P, F)), decay=False)
+        self.sim_w = PluginParam(_normal(rngs, (P, code, cin)))
+        self.sim_b = PluginParam(jnp.zeros((P, cin)), decay=False)
+        dec_bound = 1.0 / code**0.5
+        self.dec_w = PluginParam(_uniform(rngs, (P, code, 2), dec_bound))
+        self.dec_b = PluginParam(_uniform(rngs, (P, 2), dec_bound), decay=False)
+        self.big_w = PluginParam(_normal(rngs, (P, cin, D)))
+        self.big_b = PluginParam(jnp.zeros((P, D)), decay=False)
+        # TSM (HAT-masked MLP) and its gate embeddings.
+        self.w1 = PluginParam(_normal(rngs, (P, D, A)), hat="w1")
+        self.b1 = PluginParam(jnp.zeros((P, A)), decay=False, hat="b1")
+        self.w2 = PluginParam(_normal(rngs, (P, A, D)), hat="w2")
+        self.b2 = PluginParam(jnp.zeros((P, D)), decay=False, hat="b2")
+        self.e1 = TaskEmbedding(_normal(rngs, (P, T, A)), task_axis=1)
+        self.e2 = TaskEmbedding(_normal(rngs, (P, T, D)), task_axis=1)
+
+    def task_capsules(self, p: int, x: jax.Array, task_id: jax.Array) -> jax.Array:
+        """TK-Layer of plugin p. x: [B, L, D] -> squashed capsules [B, L, T, C]."""
+        T = self.num_tasks
+        if self.cfg.capsule_layers == 2:
+            # No nonlinearity between the two layers (spec §3.1), so fold them into one map.
+            w2 = self.caps_w2[p]  # [T, M, C]
+            w = jnp.einsum("tdm,tmc->dtc", self.caps_w1[p], w2)  # [D, T, C]
+            b = jnp.einsum("tm,tmc->tc", self.caps_b1[p], w2) + self.caps_b2[p]  # [T, C]
+        else:
+            w = jnp.transpose(self.caps_w1[p], (1, 0, 2))  # [D, T, C]
+            b = self.caps_b1[p]
+        u = jnp.einsum("bld,dtc->bltc", x, w) + b  # [B, L, T, C]
+        active = (jnp.arange(T) <= task_id).astype(u.dtype)  # [T]
+        u = u * active[:, None]
+        q = jnp.sum(jnp.square(u), axis=2, keepdims=True) + 1e-16  # [B, L, 1, C]
+        return (q / (1.0 + q)) * u / jnp.sqrt(q)
+
+    def _conv(self, p: int, prefix: str, x: jax.Array, pad: int, k: int) -> jax.Array:
+        """1-D conv of plugin p (kernel k, zero padding `pad`). x: [..., L, 9] -> [..., L', F]."""
+        if pad:
+            widths = [(0, 0)] * (x.ndim - 2) + [(pad, pad), (0, 0)]
+            x = jnp.pad(x, widths)
+        w, b = getattr(self, f"{prefix}{k}_w")[p], getattr(self, f"{prefix}{k}_b")[p]
+        return _windows(x, k) @ w + b  # [..., L + 2 pad - k + 1, F]
+
+    def ksm(
+        self,
+        p: int,
+        x: jax.Array,
+        mask: jax.Array,
+        task_id: jax.Array,
+        router_key: jax.Array | None,
+        straight_through: bool,
+    ) -> jax.Array:
+        """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] -> [B, L, D]."""
+        B, L, _ = x.shape
+        T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
+        u = self.task_capsules(p, x, task_id)  # [B, L, T, C]
+        pre = jnp.einsum("bltc,ntce->bltne", u, self.route[p])  # [B, L, T, N, C]
+        # Zeroed padding makes every valid conv window identical at any padded length.
+        phi = pre.reshape(B, L, T, N * C) * mask[:, :, None, None]  # [B, L, T, 9]
+        phi_t = jnp.take(phi, task_id, axis=2)  # [B, L, 9]
+        n = jnp.sum(mask, axis=1).astype(jnp.int32)  # [B] real tokens
+        codes = []
+        for k in self.cfg.cnn_kernels:
+            y = jax.nn.relu(self._conv(p, "conv_cur", phi_t, k - 2, k))  # [B, L + k - 3, F]
+            valid = jnp.arange(y.shape[1])[None, :] <= (n + k - 4)[:, None]  # same as length n
+            codes.append(_masked_max(y, valid.astype(y.dtype)))
+        cur = jnp.concatenate(codes, axis=-1) @ self.cur_w[p] + self.cur_b[p]  # [B, F]
+        phi_k = jnp.swapaxes(phi, 1, 2)  # [B, T, L, 9]
+        feats = []
+        for k in self.cfg.cnn_kernels:
+            y = self._conv(p, "conv_src", phi_k, 0, k) + cur[:, None, None, :]
+            y = jax.nn.relu(y)  # [B, T, L - k + 1, F]
+            valid = jnp.arange(y.shape[2])[None, :] <= (n - k)[:, None]  # [B, L - k + 1]
+            feats.append(_masked_max(y, valid[:, None, :].astype(y.dtype)))
+        z = jnp.concatenate(feats, axis=-1)  # [B, T, 3F]
+        sim = z @ self.sim_w[p] + self.sim_b[p]  # [B, T, N*C]
+        delta = hard_gumbel_gate(
+            z @ self.dec_w[p] + self.dec_b[p], router_key, self.cfg.router_tau, straight_through
+        )  # [B, T]
+        causal = (jnp.arange(T) <= task_id).astype(x.dtype)  # [T]
+        weight = sim.reshape(B, T, N, C) * (delta * causal)[:, :, None, None]  # [B, T, N, C]
+        v = jnp.einsum("btnc,bltnc->blnc", weight, pre)  # [B, L, N, C]
+        return v.reshape(B, L, N * C) @ self.big_w[p] + self.big_b[p]  # [B, L, D]
+
+    def gates(self, task_id: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """HAT gates of all plugins for task `task_id` at scale s: ([P, A], [P, D])."""
+        return hat.gates(self.e1[...], task_id, s), hat.gates(self.e2[...], task_id, s)
+
+    def __call__(
+        self,
+        p: int,
+        x: jax.Array,
+        mask: jax.Array,
+        task_id: jax.Array,
+        g1: jax.Array,
+        g2: jax.Array,
+        router_key: jax.Array | None,
+        straight_through: bool,
+    ) -> jax.Array:
+        """Plugin p. x: [B, L, D], mask: [B, L] (1 = token), g1: [A], g2: [D] -> [B, L, D]."""
+        h = x + self.ksm(p, x, mask, task_id, router_key, straight_through)
+        a1 = jax.nn.relu(h @ self.w1[p] + self.b1[p]) * g1  # [B, L, A]
+        a2 = jax.nn.relu(a1 @ self.w2[p] + self.b2[p]) * g2  # [B, L, D]
+        return x + a2

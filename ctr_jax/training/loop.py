@@ -1,0 +1,325 @@
+"""The host-side continual-learning loop: tasks one after another, checkpoint after each.
+
+For each task t of the stream (Mammoth/Avalanche vocabulary, as plain functions):
+
+    begin_task   fresh optimizer state
+    train        epochs of protected updates; HAT's s ramps 1/s_max -> s_max within each epoch
+    select       after every epoch, dev loss (CE + lambda R at s_max); keep the best epoch
+    end_task     restore the best epoch; accumulate HAT masks; test every task u <= t (row t of
+                 the accuracy and macro-F1 matrices); checkpoint; write results.json
+
+All randomness is derived from ``cfg.seed`` by ``fold_in(task, epoch, step)``, never from
+history, so a run resumed after task k ends exactly as an uninterrupted one. A run folder keeps
+the resolved config; a rerun with a different config is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ctr_jax import metrics
+from ctr_jax.checkpoint import TaskCheckpointer
+from ctr_jax.config import ConfigError, ExperimentConfig
+from ctr_jax.data import batching
+from ctr_jax.data.benchmarks import load_benchmark
+from ctr_jax.data.custom import load_custom
+from ctr_jax.data.tasks import Task, resolve_data_root
+from ctr_jax.data.tokenize import Encoded, TextEncoder
+from ctr_jax.models import hat
+from ctr_jax.models.bert import load_pretrained, resolve_backbone
+from ctr_jax.models.classifier import CTRClassifier
+from ctr_jax.tracking import MetricWriter, setup_logging
+from ctr_jax.training import optim, step
+
+log = logging.getLogger(__name__)
+
+# Paper epochs per task (spec §5.4).
+_SEMEVAL_TASKS = frozenset({"XuSemEval14_rest", "XuSemEval14_laptop"})
+_PAPER_EPOCHS = {"dsc_small": 20, "dsc_full": 20, "20news": 10}
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run returns (and also writes to <run_dir>/results.json)."""
+
+    run_dir: Path
+    tasks: list[str]
+    acc: np.ndarray  # [T, T], NaN where not evaluated
+    mf1: np.ndarray  # [T, T]
+    summary: dict
+    checkpoint_dir: Path
+    resumed_from: int | None  # index of the last finished task found on start, if any
+
+
+def epochs_for(cfg: ExperimentConfig, task_name: str) -> int:
+    if cfg.train.epochs is not None:
+        return cfg.train.epochs
+    bench = cfg.data.benchmark
+    if bench == "asc":
+        return 10 if task_name in _SEMEVAL_TASKS else 30
+    if bench in _PAPER_EPOCHS:
+        return _PAPER_EPOCHS[bench]
+    raise ConfigError("train.epochs: must be set for a custom task stream")
+
+
+def load_tasks(cfg: ExperimentConfig) -> list[Task]:
+    """The task stream of the config, first `num_tasks`, training sets optionally subsampled."""
+    root = resolve_data_root(cfg.data.root)
+    if cfg.data.benchmark == "custom":
+        tasks = load_custom(root, cfg.data.custom_tasks)
+        if cfg.data.num_tasks is not None:
+            tasks = tasks[: cfg.data.num_tasks]
+    else:
+        tasks = load_benchmark(
+            cfg.data.benchmark, root, cfg.data.order, num_tasks=cfg.data.num_tasks, seed=cfg.seed
+        )
+    if (k := cfg.data.max_train_examples) is not None:
+        out = []
+        for i, task in enumerate(tasks):
+            if len(task.train) > k:
+                keep = np.sort(
+                    np.random.default_rng([cfg.seed, i]).permutation(len(task.train))[:k]
+                )
+                task = dataclasses.replace(task, train=tuple(task.train[j] for j in keep))
+            out.append(task)
+        tasks = out
+    return tasks
+
+
+def _check_run_dir(cfg: ExperimentConfig) -> None:
+    """Writes config.json, or refuses a run folder made with a different config."""
+    run_dir = cfg.run_dir
+    path = run_dir / "config.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") != cfg.fingerprint():
+            old, new = saved.get("config", {}), cfg.to_dict()
+            diff = sorted(_diff_keys(old, new))
+            raise ConfigError(
+                f"{run_dir} holds a run made with a different config (differs at {diff}). "
+                "Use another name (--set name=...) or delete the folder."
+            )
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(
+        json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2)
+    )
+    os.replace(tmp, path)
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in set(a) | set(b):
+            if k == "log_level":
+                continue
+            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def _flat(state: nnx.State) -> dict[str, jax.Array]:
+    """State -> {"path.to.leaf": array}, the form written to checkpoints."""
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    return {
+        ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p): v for p, v in leaves
+    }
+
+
+def _unflat(like: nnx.State, flat: dict[str, jax.Array]) -> nnx.State:
+    paths = list(_flat(like))
+    treedef = jax.tree_util.tree_structure(like)
+    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flat[p]) for p in paths])
+
+
+class _Evaluator:
+    """Evaluation over a split: predictions, accuracy, macro-F1 and mean CE."""
+
+    def __init__(self, eval_step, frozen, cfg: ExperimentConfig, key: jax.Array):
+        self.eval_step, self.frozen, self.cfg, self.key = eval_step, frozen, cfg, key
+
+    def __call__(self, trainable, enc: Encoded, task_id: int) -> dict:
+        preds = np.zeros(len(enc), np.int32)
+        ce_sum = 0.0
+        tid = jnp.int32(task_id)
+        for i, (batch, idx) in enumerate(
+            batching.eval_batches(enc, self.cfg.train.eval_batch_size, self.cfg.train.buckets)
+        ):
+            key = jax.random.fold_in(jax.random.fold_in(self.key, task_id), i)
+            out = self.eval_step(trainable, self.frozen, batch, tid, key)
+            preds[idx] = np.asarray(out["preds"])[: len(idx)]
+            ce_sum += float(out["ce_sum"])
+        return {
+            "acc": metrics.accuracy(enc.labels, preds),
+            "mf1": metrics.macro_f1(enc.labels, preds),
+            "ce": ce_sum / max(1, len(enc)),
+        }
+
+
+def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
+    """Learns the config's task stream with CTR; resumes after the last finished task."""
+    setup_logging(cfg.log_level)
+    _check_run_dir(cfg)
+    run_dir = cfg.run_dir
+    own_writer = writer is None
+    writer = writer or MetricWriter(run_dir)
+
+    tasks = load_tasks(cfg)
+    if not tasks:
+        raise ConfigError("data: the task stream is empty")
+    names = [t.name for t in tasks]
+    T = len(tasks)
+    backbone = resolve_backbone(cfg.model.backbone)
+    log.info("backbone %s; %d tasks: %s", backbone, T, ", ".join(names))
+    t0 = time.perf_counter()
+    text = TextEncoder(backbone, cfg.data.max_len)
+    encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
+    log.info("tokenized %d tasks in %.1fs", T, time.perf_counter() - t0)
+
+    rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 0))
+    model = CTRClassifier(
+        load_pretrained(backbone), [t.num_classes for t in tasks], cfg.model, rngs=rngs
+    )
+    graphdef, trainable, frozen = step.split_model(model)
+    del model
+    P, D = trainable["plugins"]["w2"][...].shape[0], trainable["plugins"]["w2"][...].shape[2]
+    masks = hat.HatMasks.zeros(P, cfg.model.tsm_width, D)
+    acc = np.full((T, T), np.nan)
+    mf1 = np.full((T, T), np.nan)
+
+    tx = optim.make_optimizer(cfg.train, optim.decay_mask(trainable))
+    train_step = jax.jit(step.make_train_step(graphdef, tx, cfg.hat), donate_argnums=(0, 1))
+    eval_step = jax.jit(step.make_eval_step(graphdef, cfg.hat, cfg.model.eval_router_noise))
+    gates = jax.jit(lambda tr, fr, t: step.task_masks(tr, graphdef, fr, t, cfg.hat.s_max))
+    root_key = jax.random.key(cfg.seed)
+    train_key = jax.random.fold_in(root_key, 1)
+    evaluate = _Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2))
+
+    ckpt = TaskCheckpointer(run_dir / "checkpoints")
+    start = 0
+    resumed = ckpt.latest_task()
+    if resumed is not None:
+        like = {
+            "trainable": _flat(trainable),
+            "masks": {"m1": masks.m1, "m2": masks.m2},
+            "acc": acc,
+            "mf1": mf1,
+        }
+        state, meta = ckpt.restore(resumed, like)
+        trainable = _unflat(trainable, state["trainable"])
+        masks = hat.HatMasks(
+            m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])
+        )
+        acc, mf1 = np.array(state["acc"]), np.array(state["mf1"])
+        start = resumed + 1
+        log.info("resuming after task %d/%d (%s)", resumed + 1, T, meta.get("task"))
+
+    for t in range(start, T):
+        trainable, masks = _learn_task(
+            cfg, t, tasks, encoded[t], trainable, frozen, masks, tx, train_step, gates,
+            evaluate, train_key, writer,
+        )  # fmt: skip
+        for u in range(t + 1):
+            res = evaluate(trainable, encoded[u]["test"], u)
+            acc[t, u], mf1[t, u] = res["acc"], res["mf1"]
+            writer.write("test", task=t, eval_task=u, acc=res["acc"], mf1=res["mf1"])
+        row = " ".join(f"{a:.3f}" for a in acc[t, : t + 1])
+        log.info("after task %d/%d %s: test acc %s | mean %.4f", t + 1, T, names[t], row,
+                 np.mean(acc[t, : t + 1]))  # fmt: skip
+        ckpt.save(
+            t,
+            {
+                "trainable": _flat(trainable),
+                "masks": {"m1": masks.m1, "m2": masks.m2},
+                "acc": acc,
+                "mf1": mf1,
+                "root_key": jax.random.key_data(root_key),
+            },
+            {"task": names[t], "task_index": t, "fingerprint": cfg.fingerprint()},
+        )
+        _write_results(cfg, run_dir, names, acc, mf1, str(backbone))
+    ckpt.close()
+    done = int(np.sum(~np.isnan(np.diag(acc))))
+    summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
+    log.info("done: %s", json.dumps(summary))
+    if own_writer:
+        writer.close()
+    return RunResult(run_dir, names, acc, mf1, summary, run_dir / "checkpoints", resumed)
+
+
+def _write_results(cfg, run_dir, names, acc, mf1, backbone) -> None:
+    metrics.write_results(
+        run_dir,
+        method=cfg.method,
+        benchmark=cfg.data.benchmark,
+        order=cfg.data.order,
+        seed=cfg.seed,
+        backbone=backbone,
+        tasks=names,
+        acc=acc,
+        mf1=mf1,
+    )
+
+
+def _learn_task(
+    cfg, t, tasks, enc, trainable, frozen, masks, tx, train_step, gates, evaluate, train_key, writer
+):
+    """Trains task t with model selection; returns (trainable at the best epoch, new masks)."""
+    T, name = len(tasks), tasks[t].name
+    epochs = epochs_for(cfg, name)
+    bs = cfg.train.batch_size
+    per_epoch = batching.num_batches(len(enc["train"]), bs)
+    total = per_epoch * epochs
+    opt_state = tx.init(trainable)  # begin_task: fresh moments
+    tid = jnp.int32(t)
+    s_max = cfg.hat.s_max
+    best, best_loss, best_epoch = None, math.inf, -1
+    g_step = 0
+    for epoch in range(epochs):
+        rng = np.random.default_rng([cfg.seed, t, epoch])
+        ep_key = jax.random.fold_in(jax.random.fold_in(train_key, t), epoch)
+        t0 = time.perf_counter()
+        sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        for j, batch in enumerate(batching.train_batches(enc["train"], bs, cfg.train.buckets, rng)):
+            s = (s_max - 1.0 / s_max) * j / per_epoch + 1.0 / s_max  # spec §5.2, per epoch
+            lr = optim.learning_rate(cfg.train, g_step, total)
+            trainable, opt_state, m = train_step(
+                trainable, opt_state, frozen, batch, tid, jnp.float32(s), jnp.float32(lr),
+                masks, jax.random.fold_in(ep_key, j),
+            )  # fmt: skip
+            g_step += 1
+            for k in sums:
+                sums[k] += float(m[k]) * (float(m["n"]) if k == "loss" else 1.0)
+        dt = time.perf_counter() - t0
+        dev = evaluate(trainable, enc["dev"], t)
+        g1, g2 = gates(trainable, frozen, tid)
+        dev_loss = dev["ce"] + cfg.hat.reg_weight * float(hat.regulariser(g1, g2, masks))
+        n = max(sums["n"], 1.0)
+        log.info(
+            "task %d/%d %s epoch %d/%d: loss %.4f train acc %.3f | dev loss %.4f acc %.3f | "
+            "%.1f ex/s",
+            t + 1, T, name, epoch + 1, epochs, sums["loss"] / n, sums["correct"] / n, dev_loss,
+            dev["acc"], sums["n"] / dt,
+        )  # fmt: skip
+        writer.write(
+            "epoch", task=t, epoch=epoch, loss=sums["loss"] / n, train_acc=sums["correct"] / n,
+            dev_loss=dev_loss, dev_acc=dev["acc"], examples_per_s=sums["n"] / dt,
+        )  # fmt: skip
+        if dev_loss < best_loss:
+            best_loss, best_epoch = dev_loss, epoch
+            best = jax.tree.map(jnp.copy, trainable)  # the step donates `trainable`
+    log.info("task %d/%d %s: best epoch %d (dev loss %.4f)", t + 1, T, name, best_epoch + 1,
+             best_loss)  # fmt: skip
+    g1, g2 = gates(best, frozen, tid)
+    return best, hat.accumulate(masks, g1, g2)

@@ -1,0 +1,148 @@
+"""Optimizer and the per-element protection of task-specific parameters.
+
+The optimizer is AdamW (linear warm-up, then linear decay to 0 over the task's steps) with a
+per-tensor gradient clip, built fresh for every task. Protection is an optax transformation,
+``protect()``, placed both first and LAST in the chain: the first scales the gradients (so
+Adam's moments never see a protected gradient), the last scales the final update, weight decay
+included. A weight whose scale is 0 therefore does not move at all, which the original
+BertAdam does not guarantee (spec §10.8).
+
+``update_scales`` builds the scale tree for task t from the Variable metadata only
+(``variables.py``): HAT leaves get HAT's masks (``hat.tsm_scales``), per-task leaves a row mask
+(capsules: rows k <= t; HAT embeddings and heads: row t only, so previous tasks' gates and heads
+are bit-for-bit frozen), everything else 1.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from ctr_jax.config import TrainConfig
+from ctr_jax.models import hat
+from ctr_jax.models.variables import CapsuleParam, HeadParam, LayerNormParam, TaskEmbedding
+
+
+def _is_var(x) -> bool:
+    return isinstance(x, nnx.Variable)
+
+
+def _meta(v: nnx.Variable, key: str, default=None):
+    return v.get_metadata().get(key, default)
+
+
+def _row_mask(v: nnx.Variable, task_id: jax.Array, upto: bool) -> jax.Array:
+    axis = _meta(v, "task_axis")
+    value = v[...]
+    rows = jnp.arange(value.shape[axis])
+    keep = (rows <= task_id) if upto else (rows == task_id)
+    shape = [1] * value.ndim
+    shape[axis] = value.shape[axis]
+    return keep.astype(value.dtype).reshape(shape)
+
+
+def update_scales(trainable: nnx.State, task_id: jax.Array, masks: hat.HatMasks) -> nnx.State:
+    """Per-element update scales for task `task_id`; same tree as `trainable`, leaves broadcast."""
+    tsm = hat.tsm_scales(masks)
+
+    def scale(v: nnx.Variable) -> nnx.Variable:
+        if (role := _meta(v, "hat")) is not None:
+            return v.replace(tsm[role])
+        if isinstance(v, CapsuleParam):
+            return v.replace(_row_mask(v, task_id, upto=True))
+        if isinstance(v, TaskEmbedding | HeadParam):
+            return v.replace(_row_mask(v, task_id, upto=False))
+        return v.replace(jnp.ones((), v[...].dtype))
+
+    return jax.tree.map(scale, trainable, is_leaf=_is_var)
+
+
+def decay_mask(trainable: nnx.State) -> nnx.State:
+    """True where decoupled weight decay applies (not on biases or LayerNorms)."""
+
+    def mask(v: nnx.Variable) -> nnx.Variable:
+        return v.replace(bool(_meta(v, "decay", True)) and not isinstance(v, LayerNormParam))
+
+    return jax.tree.map(mask, trainable, is_leaf=_is_var)
+
+
+def protect() -> optax.GradientTransformationExtraArgs:
+    """Multiplies updates elementwise by the `scales` extra argument (a tree like the params)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, scales, **extra_args):
+        del params, extra_args
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class _ClipState(NamedTuple):
+    pass
+
+
+def clip_per_tensor(max_norm: float) -> optax.GradientTransformation:
+    """Clips every tensor's own gradient to L2 norm <= max_norm (BertAdam's rule, spec §5.3.5)."""
+
+    def init_fn(params):
+        del params
+        return _ClipState()
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def clip(g):
+            norm = jnp.sqrt(jnp.sum(jnp.square(g)))
+            return g * jnp.minimum(1.0, max_norm / jnp.maximum(norm, 1e-12))
+
+        return jax.tree.map(clip, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Linear warm-up over `warmup * total_steps`, then linear decay to 0 at `total_steps`.
+
+    Computed on the host and passed to the step as an array, so one compiled step serves every
+    task whatever its length.
+    """
+    warm = max(1, round(cfg.warmup * total_steps))
+    if step < warm:
+        return cfg.lr * step / warm
+    return cfg.lr * max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+
+def scale_by_lr() -> optax.GradientTransformationExtraArgs:
+    """Multiplies updates by -lr, where `lr` is an extra argument ([] float array)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None, *, lr, **extra_args):
+        del params, extra_args
+        return jax.tree.map(lambda u: -lr * u, updates), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def make_optimizer(cfg: TrainConfig, decay: nnx.State) -> optax.GradientTransformationExtraArgs:
+    """Protected AdamW. Call `update(grads, state, params, scales=..., lr=...)`.
+
+    Build the state fresh for every task with `init`: the moments restart at each task.
+    """
+    return optax.chain(
+        protect(),
+        clip_per_tensor(cfg.clip_norm),
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+        optax.add_decayed_weights(cfg.weight_decay, mask=decay),
+        scale_by_lr(),
+        protect(),
+    )

@@ -1,0 +1,167 @@
+"""Pure, jitted train and eval steps (the NNX functional API).
+
+The model is split once into ``graphdef`` (static), ``trainable`` (everything the method
+trains, spec §2) and ``frozen`` (the pretrained encoder and constant buffers). The steps take
+the states as arguments and merge inside the trace, so the frozen encoder is an argument, never
+a captured constant, and nothing recompiles across tasks: the task id, HAT scale ``s``,
+learning rate and accumulated masks are all arrays. One compilation per padded length.
+
+Update order (spec §5.3): loss -> grads -> HAT embedding-gradient compensation -> protected
+AdamW (``optim.make_optimizer``: scales grads, clips, Adam, decay, lr, scales the final update)
+-> clamp of the HAT embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+from ctr_jax.config import HatConfig
+from ctr_jax.models import hat
+from ctr_jax.models.variables import (
+    CapsuleParam,
+    HeadParam,
+    LayerNormParam,
+    PluginParam,
+    TaskEmbedding,
+)
+from ctr_jax.training import optim
+
+TRAINABLE = nnx.Any(LayerNormParam, PluginParam, CapsuleParam, TaskEmbedding, HeadParam)
+
+
+def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """-> (graphdef, trainable, frozen). Trainability is decided by Variable type only."""
+    return nnx.split(model, TRAINABLE, ...)
+
+
+@struct.dataclass
+class Batch:
+    """A padded batch. All [B, L] int32 except labels [B] int32 and weight [B] float32.
+
+    weight is 0 for rows that only pad the batch to its fixed size.
+    """
+
+    input_ids: jax.Array
+    token_type_ids: jax.Array
+    attention_mask: jax.Array
+    labels: jax.Array
+    weight: jax.Array
+
+
+def _map_embeddings(fn: Callable, tree: nnx.State, like: nnx.State) -> nnx.State:
+    """Applies fn(leaf, param_value) to the leaves of `tree` that are TaskEmbeddings in `like`."""
+
+    def go(t, p):
+        return t.replace(fn(t[...], p[...])) if isinstance(p, TaskEmbedding) else t
+
+    return jax.tree.map(go, tree, like, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _weighted_ce(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]:
+    """-> (sum of weighted CE, number of real rows). logits: [B, C]."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch.labels)  # [B]
+    return jnp.sum(ce * batch.weight), jnp.sum(batch.weight)
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs, hat_cfg: HatConfig
+) -> Callable:
+    """Returns the un-jitted train step (jit it with donate_argnums=(0, 1))."""
+
+    def train_step(
+        trainable: nnx.State,
+        opt_state: optax.OptState,
+        frozen: nnx.State,
+        batch: Batch,
+        task_id: jax.Array,
+        s: jax.Array,
+        lr: jax.Array,
+        masks: hat.HatMasks,
+        key: jax.Array,
+    ):
+        """One protected update on task `task_id`. Returns (trainable, opt_state, metrics)."""
+        dropout_key, router_key = jax.random.split(key)
+
+        def loss_fn(tr):
+            model = nnx.merge(graphdef, tr, frozen)
+            logits, (g1, g2) = model(
+                batch.input_ids,
+                batch.token_type_ids,
+                batch.attention_mask,
+                task_id,
+                s,
+                dropout_key=dropout_key,
+                router_key=router_key,
+                straight_through=True,
+            )
+            ce_sum, n = _weighted_ce(logits, batch)
+            ce = ce_sum / jnp.maximum(n, 1.0)
+            reg = hat.regulariser(g1, g2, masks)
+            return ce + hat_cfg.reg_weight * reg, (ce, reg, logits)
+
+        (loss, (ce, reg, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        grads = _map_embeddings(
+            lambda g, e: g * hat.compensation(e, s, hat_cfg.s_max, hat_cfg.cosh_clip),
+            grads,
+            trainable,
+        )
+        scales = optim.update_scales(trainable, task_id, masks)
+        updates, opt_state = tx.update(grads, opt_state, trainable, scales=scales, lr=lr)
+        trainable = optax.apply_updates(trainable, updates)
+        trainable = _map_embeddings(
+            lambda e, _: jnp.clip(e, -hat_cfg.clamp, hat_cfg.clamp), trainable, trainable
+        )
+        correct = jnp.sum((jnp.argmax(logits, -1) == batch.labels) * batch.weight)
+        metrics = {
+            "loss": loss,
+            "ce": ce,
+            "reg": reg,
+            "correct": correct,
+            "n": jnp.sum(batch.weight),
+        }
+        return trainable, opt_state, metrics
+
+    return train_step
+
+
+def make_eval_step(graphdef: nnx.GraphDef, hat_cfg: HatConfig, router_noise: bool) -> Callable:
+    """Returns the un-jitted eval step: eval mode at s = s_max (spec §6)."""
+
+    def eval_step(
+        trainable: nnx.State,
+        frozen: nnx.State,
+        batch: Batch,
+        task_id: jax.Array,
+        key: jax.Array,
+    ):
+        """-> {"ce_sum": [], "n": [], "preds": [B] int32}."""
+        model = nnx.merge(graphdef, trainable, frozen)
+        logits, _ = model(
+            batch.input_ids,
+            batch.token_type_ids,
+            batch.attention_mask,
+            task_id,
+            jnp.float32(hat_cfg.s_max),
+            router_key=key if router_noise else None,
+        )
+        ce_sum, n = _weighted_ce(logits, batch)
+        return {"ce_sum": ce_sum, "n": n, "preds": jnp.argmax(logits, -1).astype(jnp.int32)}
+
+    return eval_step
+
+
+def task_masks(trainable: nnx.State, graphdef: nnx.GraphDef, frozen: nnx.State, task_id, s_max):
+    """HAT masks of task `task_id` at s_max: (m1 [P, A], m2 [P, D])."""
+    model = nnx.merge(graphdef, trainable, frozen)
+    return model.plugins.gates(jnp.asarray(task_id, jnp.int32), jnp.float32(s_max))
+
+
+def mask_regulariser(trainable, graphdef, frozen, task_id, s_max, masks: hat.HatMasks):
+    """The HAT regulariser R at s_max for validation loss (spec §5.4)."""
+    g1, g2 = task_masks(trainable, graphdef, frozen, task_id, s_max)
+    return hat.regulariser(g1, g2, masks)

@@ -1,0 +1,41 @@
+"""Runs one continual-learning experiment.
+
+    python run.py --config configs/asc_ctr.yaml [--set train.epochs=1 --set data.num_tasks=2 ...]
+
+Writes <runs_dir>/<name>/: config.json, metrics.jsonl, results.json, acc_matrix.csv,
+mf1_matrix.csv and checkpoints/ (one per finished task). Rerunning the same command resumes.
+"""
+
+import argparse
+import sys
+
+from ctr_jax.config import ConfigError, load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--config", help="YAML experiment config (see configs/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=1 (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        from ctr_jax.training.loop import run  # heavy imports only after the config is valid
+
+        run(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

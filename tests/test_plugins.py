@@ -1,0 +1,160 @@
+"""CL-plugin and CTR classifier: shapes, identity, padding invariance, capsule masking, router."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl.testing import parameterized
+from flax import nnx
+
+from ctr_jax.models import plugins
+from tests.helpers import TINY_MODEL, open_router, random_batch, tiny_model
+
+
+def _forward(model, batch, task_id, s=400.0, **kw):
+    return model(
+        batch.input_ids, batch.token_type_ids, batch.attention_mask, jnp.int32(task_id),
+        jnp.float32(s), **kw,
+    )  # fmt: skip
+
+
+class PluginShapesTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters((3, 16))
+    def test_plugin_and_classifier_shapes(self, batch, length):
+        model = tiny_model()
+        graphdef, state = nnx.split(model)
+        b = random_batch(batch, length)
+        T, P, A, D = 3, 4, TINY_MODEL.tsm_width, 32
+
+        def apply(state, b):
+            m = nnx.merge(graphdef, state)
+            x = jnp.ones((batch, length, D))
+            mask = b.attention_mask.astype(jnp.float32)
+            caps = m.plugins.task_capsules(0, x, jnp.int32(1))
+            ksm = m.plugins.ksm(0, x, mask, jnp.int32(1), None, False)
+            g1, g2 = m.plugins.gates(jnp.int32(1), jnp.float32(400.0))
+            out = m.plugins(1, x, mask, jnp.int32(1), g1[1], g2[1], None, False)
+            logits, gates = _forward(m, b, 1)
+            return caps, ksm, out, logits, gates
+
+        caps, ksm, out, logits, (g1, g2) = self.variant(apply)(state, b)
+        chex.assert_shape(caps, (batch, length, T, TINY_MODEL.capsule_dim))
+        chex.assert_shape([ksm, out], (batch, length, D))
+        chex.assert_shape(logits, (batch, 3))
+        chex.assert_shape(g1, (P, A))
+        chex.assert_shape(g2, (P, D))
+        chex.assert_tree_all_finite((caps, ksm, out, logits, g1, g2))
+
+
+def test_zero_tsm_output_gives_the_frozen_encoder():
+    model = tiny_model()
+    model.plugins.w2[...] = jnp.zeros_like(model.plugins.w2[...])
+    model.plugins.b2[...] = jnp.zeros_like(model.plugins.b2[...])
+    b = random_batch(3, 12)
+    calls = []
+
+    def spy(layer, site, x):
+        calls.append(site)
+        return x
+
+    hidden_plain, pooled_plain = model.encoder(b.input_ids, b.token_type_ids, b.attention_mask)
+    _, pooled_spy = model.encoder(b.input_ids, b.token_type_ids, b.attention_mask, plugin=spy)
+    logits, _ = _forward(model, b, 1)
+    w, bias = model.head_w[...][1], model.head_b[...][1]
+    chex.assert_trees_all_close(logits[:, :2], pooled_plain @ w[:, :2] + bias[:2], atol=1e-6)
+    chex.assert_trees_all_close(pooled_spy, pooled_plain)
+    assert len(calls) == 2 * model.encoder.config.num_hidden_layers
+    # The extra class of a 2-class task is masked out.
+    assert float(jnp.max(logits[:, 2])) < -1e8
+
+
+def test_nonzero_plugins_change_the_output():
+    model = tiny_model()
+    model.plugins.w2[...] = 50.0 * model.plugins.w2[...]  # make the small init visible
+    b = random_batch(3, 12)
+    _, pooled_plain = model.encoder(b.input_ids, b.token_type_ids, b.attention_mask)
+    logits, _ = _forward(model, b, 0)
+    plain = pooled_plain @ model.head_w[...][0] + model.head_b[...][0]
+    assert float(jnp.max(jnp.abs(logits - plain))) > 1e-4
+
+
+def test_padding_never_changes_a_result():
+    model = tiny_model()
+    open_router(model)
+    # The KSM is ~1e-6 of its input at init; scale it up so it matters at the tolerance below.
+    model.plugins.big_w[...] = 1e4 * model.plugins.big_w[...]
+    lengths = jnp.array([11, 7, 4, 3])
+    short = random_batch(4, 11, lengths=lengths)
+    pad = 21
+    padded = short.replace(
+        input_ids=jnp.pad(short.input_ids, ((0, 0), (0, pad))),
+        token_type_ids=jnp.pad(short.token_type_ids, ((0, 0), (0, pad))),
+        attention_mask=jnp.pad(short.attention_mask, ((0, 0), (0, pad))),
+    )
+    for task in (0, 2):
+        a, _ = _forward(model, short, task)
+        b, _ = _forward(model, padded, task)
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_ksm_ignores_whatever_sits_in_padding():
+    # Padded positions may hold anything (their hidden states depend on the bucket); the KSM
+    # output at real tokens must not see them: not through the CNN windows, not via the max-pool.
+    model = tiny_model()
+    open_router(model)
+    x = jax.random.normal(jax.random.key(1), (2, 6, 32))
+    garbage = 100.0 * jax.random.normal(jax.random.key(2), (2, 10, 32))
+    mask_short = jnp.array([[1] * 6, [1] * 4 + [0] * 2], jnp.float32)
+    mask_long = jnp.pad(mask_short, ((0, 0), (0, 10)))
+    x_long = jnp.concatenate([x, garbage], axis=1).at[1, 4:6].set(garbage[1, :2])
+    for task in (0, 2):
+        short = model.plugins.ksm(0, x, mask_short, jnp.int32(task), None, False)
+        long = model.plugins.ksm(0, x_long, mask_long, jnp.int32(task), None, False)
+        scale = float(jnp.max(jnp.abs(short - model.plugins.big_b[...][0])))
+        assert scale > 0.0
+        np.testing.assert_allclose(short[0], long[0, :6], rtol=0, atol=1e-5 * scale)
+        np.testing.assert_allclose(short[1, :4], long[1, :4], rtol=0, atol=1e-5 * scale)
+
+
+def test_future_capsules_take_no_part():
+    model = tiny_model()
+    open_router(model)
+    b = random_batch(2, 10)
+    before, _ = _forward(model, b, 1)
+    # Perturb the capsules and routing weights of task 2 (a future task for t = 1).
+    for name in ("caps_w1", "caps_b1", "caps_w2", "caps_b2"):
+        v = getattr(model.plugins, name)
+        v[...] = v[...].at[:, 2].add(1.0)
+    model.plugins.route[...] = model.plugins.route[...].at[:, :, 2].add(1.0)
+    after, _ = _forward(model, b, 1)
+    chex.assert_trees_all_close(before, after, atol=0.0, rtol=0.0)
+    changed, _ = _forward(model, b, 2)
+    fresh = tiny_model()
+    open_router(fresh)
+    assert not np.allclose(np.asarray(changed), np.asarray(_forward(fresh, b, 2)[0]))
+
+
+def test_squash_over_tasks_bounds_the_norm():
+    model = tiny_model()
+    x = 5.0 * jax.random.normal(jax.random.key(0), (2, 6, 32))
+    caps = model.plugins.task_capsules(0, x, jnp.int32(2))  # [B, L, T, C]
+    norms = jnp.sqrt(jnp.sum(caps**2, axis=2))  # over the task axis
+    assert float(jnp.max(norms)) < 1.0
+    caps_t0 = model.plugins.task_capsules(0, x, jnp.int32(0))
+    assert float(jnp.max(jnp.abs(caps_t0[:, :, 1:]))) == 0.0  # future tasks are zero
+
+
+def test_hard_gumbel_gate():
+    logits = jnp.array([[2.0, -1.0], [-3.0, 0.5], [0.0, 0.0]])
+    det = plugins.hard_gumbel_gate(logits, None, 1.0, straight_through=False)
+    np.testing.assert_array_equal(np.asarray(det), [1.0, 0.0, 1.0])
+    noisy = [plugins.hard_gumbel_gate(logits, jax.random.key(i), 1.0, False) for i in range(200)]
+    noisy = np.stack([np.asarray(n) for n in noisy])
+    assert set(np.unique(noisy)) <= {0.0, 1.0}
+    # P(transfer) = softmax(logits)[0] for the Gumbel-max trick: ~0.95, ~0.03, 0.5.
+    np.testing.assert_allclose(noisy.mean(0), jax.nn.softmax(logits)[:, 0], atol=0.1)
+    grad = jax.grad(lambda z: jnp.sum(plugins.hard_gumbel_gate(z, jax.random.key(0), 1.0, True)))(
+        logits
+    )
+    assert float(jnp.max(jnp.abs(grad))) > 0.0  # straight-through gives a soft gradient

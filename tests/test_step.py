@@ -1,0 +1,162 @@
+"""Train step: HAT protection (with weight decay on), future capsules, masks, compile-once."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ctr_jax.config import HatConfig, TrainConfig
+from ctr_jax.models import hat
+from ctr_jax.models.variables import CapsuleParam, HeadParam, TaskEmbedding
+from ctr_jax.training import optim, step
+from tests.helpers import TINY_MODEL, open_router, random_batch, tiny_model
+
+HAT = HatConfig()
+TRAIN = TrainConfig(weight_decay=0.1, lr=3e-3)
+
+
+def _learnable_batch(seed):
+    """Label = whether token 1 is a high id: learnable, so some HAT units get used."""
+    b = random_batch(8, 12, seed=seed)
+    return b.replace(labels=(b.input_ids[:, 1] >= 52).astype(jnp.int32))
+
+
+def _leaves(state):
+    return {
+        ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path): np.asarray(v)
+        for path, v in jax.tree_util.tree_leaves_with_path(state)
+    }
+
+
+@pytest.fixture(scope="module")
+def two_tasks():
+    """Trains task 0 then task 1 of a tiny CTR model; returns everything the tests inspect."""
+    model = tiny_model(num_classes=(2, 2, 2))
+    open_router(model)
+    graphdef, trainable, frozen = step.split_model(model)
+    tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable))
+    traced = chex.assert_max_traces(step.make_train_step(graphdef, tx, HAT), n=1)
+    train_step = jax.jit(traced, donate_argnums=(0, 1))
+    gates = jax.jit(lambda tr, t: step.task_masks(tr, graphdef, frozen, t, HAT.s_max))
+    P, D = 4, 32
+    masks = hat.HatMasks.zeros(P, TINY_MODEL.tsm_width, D)
+    snapshots = {}
+    for t in (0, 1):
+        opt_state = tx.init(trainable)
+        for i in range(12):
+            batch = _learnable_batch(10 * t + i % 3)
+            s = (HAT.s_max - 1 / HAT.s_max) * (i % 6) / 6 + 1 / HAT.s_max
+            trainable, opt_state, metrics = train_step(
+                trainable, opt_state, frozen, batch, jnp.int32(t), jnp.float32(s),
+                jnp.float32(TRAIN.lr), masks, jax.random.key(i),
+            )  # fmt: skip
+        snapshots[t] = (jax.tree.map(jnp.copy, trainable), masks)
+        g1, g2 = gates(trainable, jnp.int32(t))
+        snapshots[f"gates{t}"] = (np.asarray(g1), np.asarray(g2))
+        masks = hat.accumulate(masks, g1, g2)
+        # Also fully use the first half of the units, so the protection test below never depends
+        # on how many units a 12-step task happened to claim.
+        masks = hat.accumulate(
+            masks, masks.m1.at[:, : masks.m1.shape[1] // 2].set(1.0), masks.m2.at[:, :16].set(1.0)
+        )
+    return snapshots, trainable, metrics
+
+
+def test_protected_tsm_weights_do_not_move_with_weight_decay(two_tasks):
+    snapshots, after, _ = two_tasks
+    before, _ = snapshots[0]
+    masks_after_0 = snapshots[1][1]
+    scales = hat.tsm_scales(masks_after_0)
+    b, a = before["plugins"], after["plugins"]
+    total_protected = 0
+    for name in ("w1", "b1", "w2", "b2"):
+        scale = np.broadcast_to(np.asarray(scales[name]), a[name][...].shape)
+        protected = scale == 0.0
+        total_protected += int(protected.sum())
+        old, new = np.asarray(b[name][...]), np.asarray(a[name][...])
+        np.testing.assert_array_equal(new[protected], old[protected])  # bit-identical
+        assert np.any(new[~protected] != old[~protected]), name  # the rest does learn
+    assert total_protected > 0
+
+
+def test_unprotected_shared_parts_move(two_tasks):
+    snapshots, after, _ = two_tasks
+    before, _ = snapshots[0]
+    for name in ("route", "big_w", "sim_w", "conv_src3_w"):
+        assert np.any(
+            np.asarray(after["plugins"][name][...]) != np.asarray(before["plugins"][name][...])
+        ), name
+    ln_b, ln_a = _leaves(before["encoder"]), _leaves(after["encoder"])
+    assert any(np.any(ln_b[k] != ln_a[k]) for k in ln_b)
+
+
+def test_previous_and_future_task_rows_are_frozen(two_tasks):
+    snapshots, after, _ = two_tasks
+    before, _ = snapshots[0]
+    flat_b, flat_a = _leaves(before), _leaves(after)
+    leaves = jax.tree_util.tree_leaves(
+        after, is_leaf=lambda x: isinstance(x, (CapsuleParam, TaskEmbedding, HeadParam))
+    )
+    assert leaves
+    for key in flat_b:
+        if key.startswith("plugins.caps"):
+            np.testing.assert_array_equal(flat_a[key][:, 2], flat_b[key][:, 2])  # future task
+            assert np.any(flat_a[key][:, 1] != flat_b[key][:, 1])  # current task learns
+        if key.startswith(("plugins.e1", "plugins.e2")):
+            np.testing.assert_array_equal(flat_a[key][:, 0], flat_b[key][:, 0])  # previous gates
+            np.testing.assert_array_equal(flat_a[key][:, 2], flat_b[key][:, 2])
+        if key.startswith("head"):
+            np.testing.assert_array_equal(flat_a[key][0], flat_b[key][0])  # previous head
+            np.testing.assert_array_equal(flat_a[key][2], flat_b[key][2])
+
+
+def test_future_capsules_get_no_update_even_in_task_0(two_tasks):
+    snapshots, _, _ = two_tasks
+    after0, _ = snapshots[0]
+    fresh = step.split_model(tiny_model(num_classes=(2, 2, 2)))[1]
+    a, f = _leaves(after0), _leaves(fresh)
+    for key in a:
+        if key.startswith("plugins.caps"):
+            np.testing.assert_array_equal(a[key][:, 1:], f[key][:, 1:])
+
+
+def test_masks_after_a_task_are_near_binary(two_tasks):
+    snapshots, _, _ = two_tasks
+    g1, g2 = snapshots["gates0"]
+    gates = np.concatenate([g1.ravel(), g2.ravel()])
+    frac_mid = np.mean((gates > 0.01) & (gates < 0.99))
+    assert frac_mid < 0.1, frac_mid
+    assert 0.0 < np.mean(gates > 0.5) < 1.0
+
+
+def test_step_is_traced_once_across_tasks(two_tasks):
+    # The fixture wraps the step in chex.assert_max_traces(n=1) and ran 2 tasks x 12 steps;
+    # reaching here means it compiled once. Its metrics are finite.
+    _, _, metrics = two_tasks
+    chex.assert_tree_all_finite(metrics)
+
+
+def test_update_scales_shapes():
+    model = tiny_model()
+    _, trainable, _ = step.split_model(model)
+    masks = hat.HatMasks.zeros(4, TINY_MODEL.tsm_width, 32)
+    scales = optim.update_scales(trainable, jnp.int32(1), masks)
+    for g, sc in zip(jax.tree.leaves(trainable), jax.tree.leaves(scales), strict=True):
+        np.broadcast_shapes(g.shape, sc.shape)  # raises if not broadcastable
+
+
+def test_trainable_paths_are_pinned():
+    _, trainable, frozen = step.split_model(tiny_model())
+    paths = sorted(_leaves(trainable))
+    plugin = sorted(p for p in paths if p.startswith("plugins."))
+    assert plugin == sorted(
+        f"plugins.{n}.value"
+        for n in ["caps_w1", "caps_b1", "caps_w2", "caps_b2", "route", "cur_w", "cur_b", "sim_w",
+                  "sim_b", "dec_w", "dec_b", "big_w", "big_b", "w1", "b1", "w2", "b2", "e1", "e2"]
+        + [f"conv_{w}{k}_{p}" for w in ("cur", "src") for k in (3, 4, 5) for p in ("w", "b")]
+    )  # fmt: skip
+    assert sorted(p for p in paths if p.startswith("head")) == ["head_b.value", "head_w.value"]
+    encoder = [p for p in paths if p.startswith("encoder.")]
+    assert len(encoder) == 2 * 2 * 2 and all("_norm." in p for p in encoder)
+    assert not any("_norm." in p for p in _leaves(frozen))
