@@ -28,12 +28,26 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-        from ctr_jax.training.loop import run  # heavy imports only after the config is valid
-
-        run(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    # Heavy imports (jax, orbax) only once the config is known to be valid.
+    from ctr_jax.data.tasks import DataError
+    from ctr_jax.models.bert import BackboneError
+    from ctr_jax.training.loop import run
+
+    try:
+        run(cfg)
+    except (ConfigError, DataError, BackboneError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"interrupted: finished tasks are checkpointed in {cfg.run_dir}; "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

@@ -60,6 +60,8 @@ def setup_logging(level: str = "INFO") -> None:
         handler.setFormatter(logging.Formatter(LOG_FORMAT))
         root.addHandler(handler)
     root.setLevel(numeric)
+    # jax logs its (expected) failure to find a TPU at INFO on every CPU start.
+    logging.getLogger("jax._src.xla_bridge").setLevel(max(numeric, logging.WARNING))
 
 
 def _to_json_value(value: Any, name: str) -> Any:

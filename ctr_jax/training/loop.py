@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 # Paper epochs per task (spec §5.4).
 _SEMEVAL_TASKS = frozenset({"XuSemEval14_rest", "XuSemEval14_laptop"})
 _PAPER_EPOCHS = {"dsc_small": 20, "dsc_full": 20, "20news": 10}
+_PROGRESS_EVERY_S = 30.0  # a progress line at least this often within an epoch
 
 
 @dataclasses.dataclass
@@ -143,6 +144,17 @@ def _unflat(like: nnx.State, flat: dict[str, jax.Array]) -> nnx.State:
     return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flat[p]) for p in paths])
 
 
+def _saveable(trainable, masks: hat.HatMasks, acc, mf1, root_key) -> dict:
+    """Everything a resume needs; the frozen encoder is reloaded from the backbone instead."""
+    return {
+        "trainable": _flat(trainable),
+        "masks": {"m1": masks.m1, "m2": masks.m2},
+        "acc": acc,
+        "mf1": mf1,
+        "root_key": jax.random.key_data(root_key),
+    }
+
+
 class _Evaluator:
     """Evaluation over a split: predictions, accuracy, macro-F1 and mean CE."""
 
@@ -210,13 +222,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
     start = 0
     resumed = ckpt.latest_task()
     if resumed is not None:
-        like = {
-            "trainable": _flat(trainable),
-            "masks": {"m1": masks.m1, "m2": masks.m2},
-            "acc": acc,
-            "mf1": mf1,
-        }
-        state, meta = ckpt.restore(resumed, like)
+        state, meta = ckpt.restore(resumed, _saveable(trainable, masks, acc, mf1, root_key))
         trainable = _unflat(trainable, state["trainable"])
         masks = hat.HatMasks(
             m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])
@@ -239,13 +245,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
                  np.mean(acc[t, : t + 1]))  # fmt: skip
         ckpt.save(
             t,
-            {
-                "trainable": _flat(trainable),
-                "masks": {"m1": masks.m1, "m2": masks.m2},
-                "acc": acc,
-                "mf1": mf1,
-                "root_key": jax.random.key_data(root_key),
-            },
+            _saveable(trainable, masks, acc, mf1, root_key),
             {"task": names[t], "task_index": t, "fingerprint": cfg.fingerprint()},
         )
         _write_results(cfg, run_dir, names, acc, mf1, str(backbone))
@@ -291,6 +291,7 @@ def _learn_task(
         ep_key = jax.random.fold_in(jax.random.fold_in(train_key, t), epoch)
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
+        last_log = t0
         for j, batch in enumerate(batching.train_batches(enc["train"], bs, cfg.train.buckets, rng)):
             s = (s_max - 1.0 / s_max) * j / per_epoch + 1.0 / s_max  # spec §5.2, per epoch
             lr = optim.learning_rate(cfg.train, g_step, total)
@@ -301,6 +302,13 @@ def _learn_task(
             g_step += 1
             for k in sums:
                 sums[k] += float(m[k]) * (float(m["n"]) if k == "loss" else 1.0)
+            if time.perf_counter() - last_log > _PROGRESS_EVERY_S:
+                last_log = time.perf_counter()
+                log.info(
+                    "task %d/%d %s epoch %d/%d step %d/%d: loss %.4f | %.1f ex/s",
+                    t + 1, T, name, epoch + 1, epochs, j + 1, per_epoch,
+                    sums["loss"] / max(sums["n"], 1.0), sums["n"] / (last_log - t0),
+                )  # fmt: skip
         dt = time.perf_counter() - t0
         dev = evaluate(trainable, enc["dev"], t)
         g1, g2 = gates(trainable, frozen, tid)

@@ -1,0 +1,63 @@
+"""Config loading: every shipped YAML loads; bad keys and types fail naming the key."""
+
+from pathlib import Path
+
+import pytest
+
+from ctr_jax.config import ConfigError, ExperimentConfig, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parent.parent.glob("configs/*.yaml"))
+
+
+def test_configs_exist():
+    assert len(CONFIGS) >= 4
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.name == path.stem  # the run folder is named after the file
+
+
+def test_overrides_and_types():
+    cfg = load_config(
+        None,
+        ["train.epochs=1", "train.lr=5e-5", "model.cnn_kernels=[3, 4]", "data.root=/x", "seed=3"],
+    )
+    assert cfg.train.epochs == 1 and cfg.train.lr == 5e-5 and cfg.model.cnn_kernels == (3, 4)
+    assert cfg.data.root == "/x" and cfg.seed == 3
+    assert cfg.fingerprint() != load_config(None, ["seed=4"]).fingerprint()
+    assert load_config(None, ["log_level=DEBUG"]).fingerprint() == load_config().fingerprint()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("train.epoch=1", "train.epoch"),
+        ("trian.epochs=1", "trian"),
+        ("train.lr=fast", "train.lr"),
+        ("train.batch_size=1.5", "train.batch_size"),
+        ("model.capsule_layers=3", "model.capsule_layers"),
+        ("data.benchmark=imagenet", "data.benchmark"),
+        ("model.eval_router_noise=1", "model.eval_router_noise"),
+        ("train.buckets=64", "train.buckets"),
+        ("train=5", "train"),
+    ],
+)
+def test_bad_keys_and_types_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="bad.yaml: top level must be a mapping"):
+        load_config(bad)
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("name: x\nhat:\n  smax: 400\n")
+    with pytest.raises(ConfigError, match=r"typo.yaml: .*hat\.smax"):
+        load_config(typo)

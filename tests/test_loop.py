@@ -1,0 +1,111 @@
+"""End-to-end runs of the continual loop on a tiny synthetic backbone and task stream."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ctr_jax.config import ConfigError, load_config
+from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
+from ctr_jax.metrics import read_results
+from ctr_jax.training import loop
+
+pytestmark = pytest.mark.entry
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("world")
+    backbone = write_tiny_backbone(base / "backbone")
+    write_synthetic_tasks(base / "tasks", num_tasks=2, sizes=(24, 8, 8))
+    return base, backbone
+
+
+def _cfg(world, name, *extra):
+    base, backbone = world
+    return load_config(
+        None,
+        [
+            f"name={name}",
+            f"runs_dir={base / 'runs'}",
+            f"data.root={base / 'tasks'}",
+            "data.benchmark=custom",
+            f"model.backbone={backbone}",
+            "model.tsm_width=16",
+            "model.capsule_hidden=8",
+            "model.cnn_filters=4",
+            "train.epochs=2",
+            "train.batch_size=8",
+            "train.eval_batch_size=8",
+            "train.lr=0.001",
+            "train.buckets=[16]",
+            *extra,
+        ],
+    )
+
+
+@pytest.fixture(autouse=True)
+def _no_env_data_root(monkeypatch):
+    monkeypatch.delenv("CTR_JAX_DATA_ROOT", raising=False)  # the config's data.root must win
+
+
+@pytest.fixture(scope="module")
+def full_run(world):
+    import os
+
+    saved = os.environ.pop("CTR_JAX_DATA_ROOT", None)
+    try:
+        return loop.run(_cfg(world, "full"))
+    finally:
+        if saved is not None:
+            os.environ["CTR_JAX_DATA_ROOT"] = saved
+
+
+def test_run_writes_the_results_contract(full_run):
+    res = full_run
+    assert res.tasks == ["synthetic0", "synthetic1"]
+    assert res.acc.shape == (2, 2) and np.isnan(res.acc[0, 1]) and not np.isnan(res.acc[1, 0])
+    out = json.loads((res.run_dir / "results.json").read_text())
+    for key in ("method", "benchmark", "order", "seed", "backbone", "tasks", "acc", "mf1"):
+        assert key in out
+    assert out["acc"][0][1] is None and 0.0 <= out["acc"][1][0] <= 1.0
+    assert set(out["summary"]) >= {"acc", "mf1", "forgetting", "bwt"}
+    np.testing.assert_allclose(out["summary"]["acc"], np.mean(res.acc[1]))
+    assert (res.run_dir / "acc_matrix.csv").is_file() and (res.run_dir / "mf1_matrix.csv").is_file()
+    records = [
+        json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert sum(r["kind"] == "epoch" for r in records) == 4  # 2 tasks x 2 epochs
+    assert read_results(res.run_dir)["tasks"] == res.tasks
+    # Only trainable state is checkpointed: nothing the size of the frozen encoder's embeddings.
+    names = [p.name for p in (res.checkpoint_dir).rglob("*")]
+    assert not any("word" in n or "query" in n for n in names)
+
+
+def test_resume_after_interruption_gives_identical_matrices(world, full_run, monkeypatch):
+    real = loop._learn_task
+
+    def crash_on_second_task(cfg, t, *args, **kwargs):
+        if t == 1:
+            raise KeyboardInterrupt
+        return real(cfg, t, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "_learn_task", crash_on_second_task)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(_cfg(world, "resumed"))
+    monkeypatch.setattr(loop, "_learn_task", real)
+    res = loop.run(_cfg(world, "resumed"))
+    assert res.resumed_from == 0
+    np.testing.assert_array_equal(res.acc, full_run.acc)
+    np.testing.assert_array_equal(res.mf1, full_run.mf1)
+
+
+def test_a_finished_run_resumes_to_the_same_result(world, full_run):
+    res = loop.run(_cfg(world, "full"))
+    assert res.resumed_from == 1
+    np.testing.assert_array_equal(res.acc, full_run.acc)
+
+
+def test_a_run_folder_with_another_config_is_refused(world, full_run):
+    with pytest.raises(ConfigError, match="different config.*train.epochs"):
+        loop.run(_cfg(world, "full", "train.epochs=3"))

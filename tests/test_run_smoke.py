@@ -1,0 +1,35 @@
+"""Smoke test: 2 real ASC tasks end to end through run.py on the default backbone."""
+
+import json
+
+import pytest
+
+import run
+
+pytestmark = [pytest.mark.entry, pytest.mark.data]
+
+
+def test_run_py_on_two_asc_tasks(tmp_path, data_root, backbone_folder):
+    # Order 2 starts with two small Bing tasks; 32 training examples and 1 epoch keep it short.
+    code = run.main(
+        [
+            "--config", "configs/asc_ctr.yaml",
+            "--set", f"runs_dir={tmp_path}",
+            "--set", f"data.root={data_root}",
+            "--set", "data.order=2",
+            "--set", "data.num_tasks=2",
+            "--set", "data.max_train_examples=32",
+            "--set", "train.epochs=1",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    out = json.loads((tmp_path / "asc_ctr" / "results.json").read_text())
+    assert out["tasks"] == ["Bing9domains_CanonPowerShotSD500", "Bing9domains_LinksysRouter"]
+    assert out["benchmark"] == "asc" and out["method"] == "ctr"
+    assert all(0.0 <= a <= 1.0 for a in out["acc"][1])
+    assert out["acc"][0][1] is None
+
+
+def test_run_py_rejects_an_unknown_key(capsys):
+    assert run.main(["--config", "configs/asc_ctr.yaml", "--set", "train.epoch=1"]) == 2
+    assert "train.epoch" in capsys.readouterr().err
