@@ -246,7 +246,12 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
         ckpt.save(
             t,
             _saveable(trainable, masks, acc, mf1, root_key),
-            {"task": names[t], "task_index": t, "fingerprint": cfg.fingerprint()},
+            {
+                "task": names[t],
+                "task_index": t,
+                "fingerprint": cfg.fingerprint(),
+                "config": cfg.to_dict(),
+            },
         )
         _write_results(cfg, run_dir, names, acc, mf1, str(backbone))
     ckpt.close()
