@@ -1,15 +1,19 @@
-"""Runs one continual-learning experiment.
+"""Runs one continual-learning experiment, or a sweep over task orders and seeds.
 
     python run.py --config configs/asc_ctr.yaml [--set train.epochs=1 --set data.num_tasks=2 ...]
+    python run.py --config configs/asc_ncl.yaml --orders 0 1 2 3 4 --seeds 0 1
 
-Writes <runs_dir>/<name>/: config.json, metrics.jsonl, results.json, acc_matrix.csv,
-mf1_matrix.csv and checkpoints/ (one per finished task). Rerunning the same command resumes.
+Writes <runs_dir>/<name>/ (a sweep: <name>_o<order>_s<seed>/ per run): config.json,
+metrics.jsonl, results.json, acc_matrix.csv, mf1_matrix.csv and checkpoints/ (one per finished
+task). Rerunning the same command resumes. Tables and plots: python -m ctr_jax.report --help.
 """
 
 import argparse
+import logging
 import sys
 
 from ctr_jax.config import ConfigError, load_config
+from ctr_jax.sweep import expand
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config key, e.g. --set train.epochs=1 (repeatable)",
     )
+    parser.add_argument("--orders", type=int, nargs="+", help="sweep: task orders (0..4)")
+    parser.add_argument("--seeds", type=int, nargs="+", help="sweep: seeds")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        configs = expand(cfg, args.orders, args.seeds)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
@@ -37,7 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from ctr_jax.training.loop import run
 
     try:
-        run(cfg)
+        for i, c in enumerate(configs):
+            if len(configs) > 1:
+                logging.getLogger("ctr_jax.sweep").info("sweep run %d/%d: %s", i + 1,
+                                                         len(configs), c.name)  # fmt: skip
+            cfg = c
+            run(c)
     except (ConfigError, DataError, BackboneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -60,6 +60,8 @@ class ModelConfig:
     eval_router_noise: bool = False
     # Gumbel-softmax temperature of the task router.
     router_tau: float = 1.0
+    # B-CL only: iterations of its dynamic routing (spec §9.3).
+    routing_iters: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +92,8 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "ctr"
-    method: Literal["ctr"] = "ctr"
+    # The CL method (ctr_jax/methods.py): ctr, bcl (B-CL), hat, ncl, one, mtl.
+    method: Literal["ctr", "bcl", "hat", "ncl", "one", "mtl"] = "ctr"
     seed: int = 0
     # Parent folder of run folders; the run writes to <runs_dir>/<name>/.
     runs_dir: str = "runs"

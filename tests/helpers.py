@@ -14,9 +14,18 @@ from ctr_jax.training.step import Batch
 TINY_MODEL = ModelConfig(tsm_width=16, capsule_hidden=8, cnn_filters=4)
 
 
-def tiny_model(num_classes=(3, 2, 2), cfg: ModelConfig = TINY_MODEL, seed: int = 0):
+def tiny_model(
+    num_classes=(3, 2, 2),
+    cfg: ModelConfig = TINY_MODEL,
+    seed: int = 0,
+    ksm: str | None = "transfer",
+    use_hat: bool = True,
+):
+    """A tiny CTR model; ksm / use_hat select a baseline's plugin (ctr_jax.methods)."""
     encoder = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(seed))
-    return CTRClassifier(encoder, list(num_classes), cfg, rngs=nnx.Rngs(seed + 1))
+    return CTRClassifier(
+        encoder, list(num_classes), cfg, ksm=ksm, use_hat=use_hat, rngs=nnx.Rngs(seed + 1)
+    )
 
 
 def random_batch(batch: int = 4, length: int = 16, lengths=None, seed: int = 0, classes: int = 2):

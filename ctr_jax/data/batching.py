@@ -26,8 +26,17 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
     raise ValueError(f"sequence length {length} exceeds the largest bucket {max(buckets)}")
 
 
-def make_batch(enc: Encoded, idx: np.ndarray, batch_size: int, buckets: Sequence[int]) -> Batch:
-    """Rows `idx` of `enc` as one Batch of `batch_size` rows, padded to a bucket."""
+def make_batch(
+    enc: Encoded,
+    idx: np.ndarray,
+    batch_size: int,
+    buckets: Sequence[int],
+    task_ids: np.ndarray | None = None,
+) -> Batch:
+    """Rows `idx` of `enc` as one Batch of `batch_size` rows, padded to a bucket.
+
+    task_ids: [N] int32 task of every row of `enc` (a joint, MTL stream), or None.
+    """
     n = len(idx)
     width = bucket_for(int(enc.lengths[idx].max()), buckets)
     rows = np.concatenate([idx, np.full(batch_size - n, idx[0])])  # filler rows, weight 0
@@ -38,6 +47,7 @@ def make_batch(enc: Encoded, idx: np.ndarray, batch_size: int, buckets: Sequence
         attention_mask=(np.arange(width)[None, :] < lengths[:, None]).astype(np.int32),
         labels=enc.labels[rows],
         weight=(np.arange(batch_size) < n).astype(np.float32),
+        task_ids=None if task_ids is None else task_ids[rows].astype(np.int32),
     )
 
 
@@ -46,7 +56,11 @@ def num_batches(n: int, batch_size: int) -> int:
 
 
 def train_batches(
-    enc: Encoded, batch_size: int, buckets: Sequence[int], rng: np.random.Generator
+    enc: Encoded,
+    batch_size: int,
+    buckets: Sequence[int],
+    rng: np.random.Generator,
+    task_ids: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """One epoch of shuffled, length-grouped batches (the last partial batch is kept)."""
     perm = rng.permutation(len(enc))
@@ -57,14 +71,26 @@ def train_batches(
         part = part[np.argsort(enc.lengths[part], kind="stable")]
         groups += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
     for g in rng.permutation(len(groups)):
-        yield make_batch(enc, groups[g], batch_size, buckets)
+        yield make_batch(enc, groups[g], batch_size, buckets, task_ids)
 
 
 def eval_batches(
-    enc: Encoded, batch_size: int, buckets: Sequence[int]
+    enc: Encoded, batch_size: int, buckets: Sequence[int], task_ids: np.ndarray | None = None
 ) -> Iterator[tuple[Batch, np.ndarray]]:
     """Batches sorted by length (fewest padded tokens); yields (batch, original row indices)."""
     order = np.argsort(enc.lengths, kind="stable")
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        yield make_batch(enc, idx, batch_size, buckets), idx
+        yield make_batch(enc, idx, batch_size, buckets, task_ids), idx
+
+
+def concat_tasks(encs: Sequence[Encoded]) -> tuple[Encoded, np.ndarray]:
+    """One joint split from several tasks' splits (MTL). -> (Encoded [sum N], task_ids [sum N])."""
+    joint = Encoded(
+        input_ids=np.concatenate([e.input_ids for e in encs]),
+        token_type_ids=np.concatenate([e.token_type_ids for e in encs]),
+        lengths=np.concatenate([e.lengths for e in encs]),
+        labels=np.concatenate([e.labels for e in encs]),
+    )
+    task_ids = np.concatenate([np.full(len(e), t, np.int32) for t, e in enumerate(encs)])
+    return joint, task_ids

@@ -13,6 +13,7 @@ P = 2 * num_layers plugins, A TSM width.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,7 +37,7 @@ def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
 
 
 class CTRClassifier(nnx.Module):
-    """Frozen encoder + CTR plugins + per-task heads."""
+    """Frozen encoder + CL-plugins (CTR or a baseline's) + per-task heads."""
 
     def __init__(
         self,
@@ -44,13 +45,16 @@ class CTRClassifier(nnx.Module):
         num_classes: Sequence[int],
         cfg: ModelConfig,
         *,
+        ksm: Literal["transfer", "dynamic"] | None = "transfer",
+        use_hat: bool = True,
         rngs: nnx.Rngs,
     ):
+        """ksm / use_hat pick the method's plugin (``CLPlugins``, ``ctr_jax.methods``)."""
         T, D = len(num_classes), encoder.config.hidden_size
         c_max = max(num_classes)
         self.encoder = encoder
         self.num_plugins = 2 * encoder.config.num_hidden_layers
-        self.plugins = CLPlugins(self.num_plugins, D, T, cfg, rngs=rngs)
+        self.plugins = CLPlugins(self.num_plugins, D, T, cfg, ksm=ksm, use_hat=use_hat, rngs=rngs)
         bound = 1.0 / D**0.5  # PyTorch's Linear default init (spec §4)
         self.head_w = HeadParam(
             jax.random.uniform(rngs.params(), (T, D, c_max), jnp.float32, -bound, bound),
@@ -75,9 +79,12 @@ class CTRClassifier(nnx.Module):
         dropout_key: jax.Array | None = None,
         router_key: jax.Array | None = None,
         straight_through: bool = False,
+        head_ids: jax.Array | None = None,
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
         """ids/mask: [B, L] int32, task_id: [] int32, s: [] float.
 
+        head_ids: [B] int32, the head (task) of each example; None = task_id for all (MTL mixes
+        tasks in a batch, every other method feeds one task at a time).
         Returns (logits [B, C_max], gates (g1 [P, A], g2 [P, D])). dropout_key None = eval mode;
         router_key None = deterministic router.
         """
@@ -96,8 +103,10 @@ class CTRClassifier(nnx.Module):
             input_ids, token_type_ids, attention_mask, dropout_key=enc_key, plugin=plugin
         )
         pooled = _dropout(pooled, POOLED_DROPOUT, pool_key)  # [B, D]
-        w = jnp.take(self.head_w[...], task_id, axis=0)  # [D, C_max]
-        b = jnp.take(self.head_b[...], task_id, axis=0)  # [C_max]
-        logits = pooled @ w + b
-        valid = jnp.take(self.class_valid[...], task_id, axis=0)  # [C_max]
+        if head_ids is None:
+            head_ids = jnp.full(pooled.shape[:1], task_id, jnp.int32)
+        w = jnp.take(self.head_w[...], head_ids, axis=0)  # [B, D, C_max]
+        b = jnp.take(self.head_b[...], head_ids, axis=0)  # [B, C_max]
+        logits = jnp.einsum("bd,bdc->bc", pooled, w) + b
+        valid = jnp.take(self.class_valid[...], head_ids, axis=0)  # [B, C_max]
         return jnp.where(valid, logits, NEG_INF), (g1, g2)

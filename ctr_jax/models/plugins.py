@@ -21,6 +21,15 @@ One plugin, input x [B, L, D] (post-dropout dense output), task t, HAT scale s:
                ksm = v W_big + b_big                                                [B, L, D]
     TSM        out = x + m2 * relu(m1 * relu((x + ksm) W1 + b1) W2 + b2)            (spec §3.4)
 
+The same module serves the baselines (``ctr_jax/methods.py``):
+- B-CL (ksm="dynamic"): the TR-Layer is replaced by dynamic routing (``dynamic_routing``):
+               c = softmax over tasks k <= t of agreement logits, 3 iterations  [B, L, T, N]
+               ksm = (sum_k c_k P[:, :, k]) W_big + b_big
+  B-CL's code routes in the batch-mixing layout, squashes over tokens and has a projection per
+  task; here it uses CTR's per-token layout and shared projection, so only the routing differs.
+- no KSM (HAT, NCL, ONE, MTL): out = x + m2 * relu(m1 * relu(x W1 + b1) W2 + b2);
+- no HAT (NCL, ONE, MTL): m1 = m2 = 1, a plain bottleneck adapter of the same width.
+
 Deviations from the original code, on purpose (README "Deviations"):
 - routing is per example ("semantic" layout, spec §3.5), not the original's batch-mixing reshapes;
 - future capsules are masked out before the squash (the original lets them into the norm);
@@ -33,6 +42,8 @@ F CNN filters, A TSM width, P plugins.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -84,20 +95,79 @@ def hard_gumbel_gate(
     return hard[..., 0]
 
 
+def squash(v: jax.Array, axis: int) -> jax.Array:
+    """Capsule squash |v|^2 / (1 + |v|^2) * v / |v| along `axis` (epsilon as the original)."""
+    q = jnp.sum(jnp.square(v), axis=axis, keepdims=True) + 1e-16
+    return (q / (1.0 + q)) * v / jnp.sqrt(q)
+
+
+def dynamic_routing(pre: jax.Array, active: jax.Array, iters: int) -> tuple[jax.Array, jax.Array]:
+    """B-CL's routing by agreement from task capsules to N knowledge-sharing capsules.
+
+    pre: [B, L, T, N, C] pre-route vectors, active: [T] bool (tasks <= t). Coupling coefficients
+    are a softmax over the *task* axis, as in B-CL's code (each output capsule distributes a unit
+    of weight over the learned tasks; future tasks get 0):
+
+        b = 0;  repeat iters times:  c = softmax_k(b) over active k;  s = sum_k c_k pre_k;
+                                     b += <pre_k, squash(s)>   (not after the last iteration)
+
+    Returns (s [B, L, N, C], the last coupling coefficients c [B, L, T, N]). Like B-CL, the
+    un-squashed vote s is what the KSM passes on.
+    """
+    logits = jnp.zeros(pre.shape[:-1], pre.dtype)  # [B, L, T, N]
+    keep = active[:, None]  # [T, 1]
+    for i in range(iters):
+        c = jax.nn.softmax(jnp.where(keep, logits, -1e9), axis=2)  # [B, L, T, N]
+        votes = jnp.einsum("bltn,bltnc->blnc", c, pre)  # [B, L, N, C]
+        if i < iters - 1:
+            logits = logits + jnp.einsum("bltnc,blnc->bltn", pre, squash(votes, axis=-1))
+    return votes, c
+
+
 class CLPlugins(nnx.Module):
     """All P CL-plugins of the encoder; parameters stacked on a leading plugin axis."""
 
     def __init__(
-        self, num_plugins: int, d_model: int, num_tasks: int, cfg: ModelConfig, *, rngs: nnx.Rngs
+        self,
+        num_plugins: int,
+        d_model: int,
+        num_tasks: int,
+        cfg: ModelConfig,
+        *,
+        ksm: Literal["transfer", "dynamic"] | None = "transfer",
+        use_hat: bool = True,
+        rngs: nnx.Rngs,
     ):
+        """ksm: "transfer" (CTR), "dynamic" (B-CL) or None (no KSM: HAT and the adapter
+        baselines). use_hat: gate the TSM with HAT masks (else a plain adapter)."""
         P, D, T = num_plugins, d_model, num_tasks
         C, N, F, A = cfg.capsule_dim, cfg.num_transfer_caps, cfg.cnn_filters, cfg.tsm_width
         self.cfg = cfg
         self.num_tasks = T
-        # TK-Layer: per-task capsule networks [P, T, ...]; task axis 1.
+        self.ksm_kind = ksm
+        self.use_hat = use_hat
+        if ksm is not None:
+            self._init_capsules(P, D, T, N, C, rngs)
+        if ksm == "transfer":
+            self._init_similarity(P, N * C, F, rngs)
+        if ksm is not None:  # KSM output projection N*C -> D, shared by all tasks (spec §10.12)
+            self.big_w = PluginParam(_normal(rngs, (P, N * C, D)))
+            self.big_b = PluginParam(jnp.zeros((P, D)), decay=False)
+        # TSM (HAT-masked MLP) and its gate embeddings; a plain adapter without HAT.
+        tag = (lambda role: {"hat": role}) if use_hat else (lambda role: {})
+        self.w1 = PluginParam(_normal(rngs, (P, D, A)), **tag("w1"))
+        self.b1 = PluginParam(jnp.zeros((P, A)), decay=False, **tag("b1"))
+        self.w2 = PluginParam(_normal(rngs, (P, A, D)), **tag("w2"))
+        self.b2 = PluginParam(jnp.zeros((P, D)), decay=False, **tag("b2"))
+        if use_hat:
+            self.e1 = TaskEmbedding(_normal(rngs, (P, T, A)), task_axis=1)
+            self.e2 = TaskEmbedding(_normal(rngs, (P, T, D)), task_axis=1)
+
+    def _init_capsules(self, P: int, D: int, T: int, N: int, C: int, rngs: nnx.Rngs) -> None:
+        """TK-Layer (per-task capsule networks [P, T, ...], task axis 1) and W_route."""
         cap = dict(task_axis=1)
-        if cfg.capsule_layers == 2:
-            M = cfg.capsule_hidden
+        if self.cfg.capsule_layers == 2:
+            M = self.cfg.capsule_hidden
             self.caps_w1 = CapsuleParam(_normal(rngs, (P, T, D, M)), **cap)
             self.caps_b1 = CapsuleParam(jnp.zeros((P, T, M)), decay=False, **cap)
             self.caps_w2 = CapsuleParam(_normal(rngs, (P, T, M, C)), **cap)
@@ -105,16 +175,18 @@ class CLPlugins(nnx.Module):
         else:
             self.caps_w1 = CapsuleParam(_normal(rngs, (P, T, D, C)), **cap)
             self.caps_b1 = CapsuleParam(jnp.zeros((P, T, C)), decay=False, **cap)
-        # TR-Layer. W_route is a raw N(0, 1) parameter in the original (spec §4).
+        # W_route is a raw N(0, 1) parameter in the original (spec §4).
         self.route = PluginParam(jax.random.normal(rngs.params(), (P, N, T, C, C)))
-        cin = N * C
-        for k in cfg.cnn_kernels:
+
+    def _init_similarity(self, P: int, cin: int, F: int, rngs: nnx.Rngs) -> None:
+        """CTR's similarity-estimator CNN, its current-task code map, similarity and router."""
+        for k in self.cfg.cnn_kernels:
             bound = 1.0 / (cin * k) ** 0.5  # PyTorch's Conv1d default init
             setattr(self, f"conv_cur{k}_w", PluginParam(_uniform(rngs, (P, k * cin, F), bound)))
             setattr(self, f"conv_cur{k}_b", PluginParam(_uniform(rngs, (P, F), bound), decay=False))
             setattr(self, f"conv_src{k}_w", PluginParam(_uniform(rngs, (P, k * cin, F), bound)))
             setattr(self, f"conv_src{k}_b", PluginParam(_uniform(rngs, (P, F), bound), decay=False))
-        code = F * len(cfg.cnn_kernels)
+        code = F * len(self.cfg.cnn_kernels)
         self.cur_w = PluginParam(_normal(rngs, (P, code, F)))
         self.cur_b = PluginParam(jnp.zeros((P, F)), decay=False)
         self.sim_w = PluginParam(_normal(rngs, (P, code, cin)))
@@ -122,15 +194,6 @@ class CLPlugins(nnx.Module):
         dec_bound = 1.0 / code**0.5
         self.dec_w = PluginParam(_uniform(rngs, (P, code, 2), dec_bound))
         self.dec_b = PluginParam(_uniform(rngs, (P, 2), dec_bound), decay=False)
-        self.big_w = PluginParam(_normal(rngs, (P, cin, D)))
-        self.big_b = PluginParam(jnp.zeros((P, D)), decay=False)
-        # TSM (HAT-masked MLP) and its gate embeddings.
-        self.w1 = PluginParam(_normal(rngs, (P, D, A)), hat="w1")
-        self.b1 = PluginParam(jnp.zeros((P, A)), decay=False, hat="b1")
-        self.w2 = PluginParam(_normal(rngs, (P, A, D)), hat="w2")
-        self.b2 = PluginParam(jnp.zeros((P, D)), decay=False, hat="b2")
-        self.e1 = TaskEmbedding(_normal(rngs, (P, T, A)), task_axis=1)
-        self.e2 = TaskEmbedding(_normal(rngs, (P, T, D)), task_axis=1)
 
     def task_capsules(self, p: int, x: jax.Array, task_id: jax.Array) -> jax.Array:
         """TK-Layer of plugin p. x: [B, L, D] -> squashed capsules [B, L, T, C]."""
@@ -146,8 +209,7 @@ class CLPlugins(nnx.Module):
         u = jnp.einsum("bld,dtc->bltc", x, w) + b  # [B, L, T, C]
         active = (jnp.arange(T) <= task_id).astype(u.dtype)  # [T]
         u = u * active[:, None]
-        q = jnp.sum(jnp.square(u), axis=2, keepdims=True) + 1e-16  # [B, L, 1, C]
-        return (q / (1.0 + q)) * u / jnp.sqrt(q)
+        return squash(u, axis=2)  # over the task axis (spec §10.2)
 
     def _folded_kernel(self, p: int, prefix: str, k: int, route_t: jax.Array) -> jax.Array:
         """Conv kernel of plugin p folded with the routing matrices of each task.
@@ -171,6 +233,29 @@ class CLPlugins(nnx.Module):
         straight_through: bool,
     ) -> jax.Array:
         """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] -> [B, L, D]."""
+        if self.ksm_kind == "dynamic":
+            return self.dynamic_ksm(p, x, mask, task_id)
+        return self.transfer_ksm(p, x, mask, task_id, router_key, straight_through)
+
+    def dynamic_ksm(self, p: int, x: jax.Array, mask: jax.Array, task_id: jax.Array) -> jax.Array:
+        """B-CL's KSM of plugin p: task capsules + dynamic routing. x: [B, L, D] -> [B, L, D]."""
+        B, L, _ = x.shape
+        T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
+        u = self.task_capsules(p, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
+        pre = jnp.einsum("bltc,ntce->bltne", u, self.route[p])  # [B, L, T, N, C]
+        votes, _ = dynamic_routing(pre, jnp.arange(T) <= task_id, self.cfg.routing_iters)
+        return votes.reshape(B, L, N * C) @ self.big_w[p] + self.big_b[p]  # [B, L, D]
+
+    def transfer_ksm(
+        self,
+        p: int,
+        x: jax.Array,
+        mask: jax.Array,
+        task_id: jax.Array,
+        router_key: jax.Array | None,
+        straight_through: bool,
+    ) -> jax.Array:
+        """CTR's KSM of plugin p (transfer routing). x: [B, L, D], mask: [B, L] -> [B, L, D]."""
         B, L, _ = x.shape
         T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
         # Zeroed padding makes every valid conv window identical at any padded length.
@@ -214,7 +299,13 @@ class CLPlugins(nnx.Module):
         return v.reshape(B, L, N * C) @ self.big_w[p] + self.big_b[p]  # [B, L, D]
 
     def gates(self, task_id: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """HAT gates of all plugins for task `task_id` at scale s: ([P, A], [P, D])."""
+        """HAT gates of all plugins for task `task_id` at scale s: ([P, A], [P, D]).
+
+        Without HAT (a plain adapter) every gate is 1.
+        """
+        if not self.use_hat:
+            P, D, A = self.w1.shape
+            return jnp.ones((P, A), jnp.float32), jnp.ones((P, D), jnp.float32)
         return hat.gates(self.e1[...], task_id, s), hat.gates(self.e2[...], task_id, s)
 
     def __call__(
@@ -229,7 +320,9 @@ class CLPlugins(nnx.Module):
         straight_through: bool,
     ) -> jax.Array:
         """Plugin p. x: [B, L, D], mask: [B, L] (1 = token), g1: [A], g2: [D] -> [B, L, D]."""
-        h = x + self.ksm(p, x, mask, task_id, router_key, straight_through)
+        h = x
+        if self.ksm_kind is not None:
+            h = x + self.ksm(p, x, mask, task_id, router_key, straight_through)
         a1 = jax.nn.relu(h @ self.w1[p] + self.b1[p]) * g1  # [B, L, A]
         a2 = jax.nn.relu(a1 @ self.w2[p] + self.b2[p]) * g2  # [B, L, D]
         return x + a2

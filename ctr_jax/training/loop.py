@@ -8,6 +8,10 @@ For each task t of the stream (Mammoth/Avalanche vocabulary, as plain functions)
     end_task     restore the best epoch; accumulate HAT masks; test every task u <= t (row t of
                  the accuracy and macro-F1 matrices); checkpoint; write results.json
 
+The method (``ctr_jax/methods.py``) decides the plugin and the protocol: ONE resets the trainable
+state before every task and tests only the new task (earlier scores stand); MTL trains one phase
+on all tasks at once and tests every task after it. A checkpoint follows every phase.
+
 All randomness is derived from ``cfg.seed`` by ``fold_in(task, epoch, step)``, never from
 history, so a run resumed after task k ends exactly as an uninterrupted one. A run folder keeps
 the resolved config; a rerun with a different config is refused.
@@ -36,6 +40,7 @@ from ctr_jax.data.benchmarks import load_benchmark
 from ctr_jax.data.custom import load_custom
 from ctr_jax.data.tasks import Task, resolve_data_root
 from ctr_jax.data.tokenize import Encoded, TextEncoder
+from ctr_jax.methods import Method, get_method
 from ctr_jax.models import hat
 from ctr_jax.models.bert import load_pretrained, resolve_backbone
 from ctr_jax.models.classifier import CTRClassifier
@@ -61,6 +66,7 @@ class RunResult:
     summary: dict
     checkpoint_dir: Path
     resumed_from: int | None  # index of the last finished task found on start, if any
+    trainable: nnx.State | None = None  # the trained state after the last task
 
 
 def epochs_for(cfg: ExperimentConfig, task_name: str) -> int:
@@ -180,9 +186,10 @@ class _Evaluator:
 
 
 def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
-    """Learns the config's task stream with CTR; resumes after the last finished task."""
+    """Learns the config's task stream with its method; resumes after the last finished task."""
     setup_logging(cfg.log_level)
     _check_run_dir(cfg)
+    method = get_method(cfg.method)
     run_dir = cfg.run_dir
     own_writer = writer is None
     writer = writer or MetricWriter(run_dir)
@@ -193,7 +200,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
     names = [t.name for t in tasks]
     T = len(tasks)
     backbone = resolve_backbone(cfg.model.backbone)
-    log.info("backbone %s; %d tasks: %s", backbone, T, ", ".join(names))
+    log.info("method %s; backbone %s; %d tasks: %s", method.label, backbone, T, ", ".join(names))
     t0 = time.perf_counter()
     text = TextEncoder(backbone, cfg.data.max_len)
     encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
@@ -201,7 +208,12 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
 
     rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 0))
     model = CTRClassifier(
-        load_pretrained(backbone), [t.num_classes for t in tasks], cfg.model, rngs=rngs
+        load_pretrained(backbone),
+        [t.num_classes for t in tasks],
+        cfg.model,
+        ksm=method.ksm,
+        use_hat=method.hat,
+        rngs=rngs,
     )
     graphdef, trainable, frozen = step.split_model(model)
     del model
@@ -209,14 +221,22 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
     masks = hat.HatMasks.zeros(P, cfg.model.tsm_width, D)
     acc = np.full((T, T), np.nan)
     mf1 = np.full((T, T), np.nan)
+    # ONE restarts every task from this state (a copy: the train step donates its input).
+    initial = jax.tree.map(jnp.copy, trainable) if method.protocol == "independent" else None
 
     tx = optim.make_optimizer(cfg.train, optim.decay_mask(trainable))
-    train_step = jax.jit(step.make_train_step(graphdef, tx, cfg.hat), donate_argnums=(0, 1))
+    train_step = jax.jit(
+        step.make_train_step(
+            graphdef, tx, cfg.hat, use_hat=method.hat, all_heads=method.protocol == "joint"
+        ),
+        donate_argnums=(0, 1),
+    )
     eval_step = jax.jit(step.make_eval_step(graphdef, cfg.hat, cfg.model.eval_router_noise))
     gates = jax.jit(lambda tr, fr, t: step.task_masks(tr, graphdef, fr, t, cfg.hat.s_max))
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
     evaluate = _Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2))
+    ctx = _TaskContext(cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer)
 
     ckpt = TaskCheckpointer(run_dir / "checkpoints")
     start = 0
@@ -231,15 +251,17 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
         start = resumed + 1
         log.info("resuming after task %d/%d (%s)", resumed + 1, T, meta.get("task"))
 
-    for t in range(start, T):
-        trainable, masks = _learn_task(
-            cfg, t, tasks, encoded[t], trainable, frozen, masks, tx, train_step, gates,
-            evaluate, train_key, writer,
-        )  # fmt: skip
-        for u in range(t + 1):
-            res = evaluate(trainable, encoded[u]["test"], u)
-            acc[t, u], mf1[t, u] = res["acc"], res["mf1"]
-            writer.write("test", task=t, eval_task=u, acc=res["acc"], mf1=res["mf1"])
+    # A "phase" is one task (sequential, independent) or the whole joint stream (MTL); a
+    # checkpoint after each phase is indexed by the last task it covers.
+    phases = [list(range(T))] if method.protocol == "joint" else [[t] for t in range(T)]
+    for phase in phases:
+        t = phase[-1]
+        if t < start:
+            continue
+        if initial is not None:
+            trainable = jax.tree.map(jnp.copy, initial)  # ONE: nothing carries over
+        trainable, masks = _learn_phase(ctx, phase, tasks, encoded, trainable, masks)
+        _test_after(ctx, method, t, phase, encoded, trainable, acc, mf1)
         row = " ".join(f"{a:.3f}" for a in acc[t, : t + 1])
         log.info("after task %d/%d %s: test acc %s | mean %.4f", t + 1, T, names[t], row,
                  np.mean(acc[t, : t + 1]))  # fmt: skip
@@ -253,17 +275,37 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
                 "config": cfg.to_dict(),
             },
         )
-        _write_results(cfg, run_dir, names, acc, mf1, str(backbone))
+        _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone))
     ckpt.close()
     done = int(np.sum(~np.isnan(np.diag(acc))))
     summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
     log.info("done: %s", json.dumps(summary))
     if own_writer:
         writer.close()
-    return RunResult(run_dir, names, acc, mf1, summary, run_dir / "checkpoints", resumed)
+    return RunResult(run_dir, names, acc, mf1, summary, run_dir / "checkpoints", resumed, trainable)
 
 
-def _write_results(cfg, run_dir, names, acc, mf1, backbone) -> None:
+def _test_after(ctx, method: Method, t, phase, encoded, trainable, acc, mf1) -> None:
+    """Fills row t of the matrices after a phase (in place), per the method's protocol."""
+    if method.protocol == "independent":
+        # Task u's model is never touched again after u: its score stands (A[t, u] = A[u, u]).
+        evaluated = [t]
+        if t > 0:
+            acc[t, :t], mf1[t, :t] = acc[t - 1, :t], mf1[t - 1, :t]
+    else:
+        evaluated = list(range(t + 1))
+    for u in evaluated:
+        res = ctx.evaluate(trainable, encoded[u]["test"], u)
+        acc[t, u], mf1[t, u] = res["acc"], res["mf1"]
+        ctx.writer.write("test", task=t, eval_task=u, acc=res["acc"], mf1=res["mf1"])
+    if method.protocol == "joint":
+        # One model learned every task at once: every row is that model's evaluation.
+        final_a, final_f = acc[t].copy(), mf1[t].copy()
+        for r in range(t):
+            acc[r, : r + 1], mf1[r, : r + 1] = final_a[: r + 1], final_f[: r + 1]
+
+
+def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone) -> None:
     metrics.write_results(
         run_dir,
         method=cfg.method,
@@ -274,34 +316,64 @@ def _write_results(cfg, run_dir, names, acc, mf1, backbone) -> None:
         tasks=names,
         acc=acc,
         mf1=mf1,
+        extra={"protocol": method.protocol, "epochs": cfg.train.epochs, "name": cfg.name},
     )
 
 
-def _learn_task(
-    cfg, t, tasks, enc, trainable, frozen, masks, tx, train_step, gates, evaluate, train_key, writer
-):
-    """Trains task t with model selection; returns (trainable at the best epoch, new masks)."""
-    T, name = len(tasks), tasks[t].name
-    epochs = epochs_for(cfg, name)
+@dataclasses.dataclass(frozen=True)
+class _TaskContext:
+    """What every phase of a run shares (compiled steps, frozen encoder, keys, writer)."""
+
+    cfg: ExperimentConfig
+    method: Method
+    frozen: nnx.State
+    tx: object
+    train_step: object
+    gates: object
+    evaluate: _Evaluator
+    train_key: jax.Array
+    writer: MetricWriter
+
+
+def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
+    """Trains on the tasks of `phase` (one task, or all for MTL) with model selection.
+
+    Returns (trainable at the best epoch, masks with the phase's HAT masks accumulated).
+    """
+    cfg, method = ctx.cfg, ctx.method
+    T, t = len(tasks), phase[-1]
+    joint = len(phase) > 1
+    if joint:
+        train_enc, train_ids = batching.concat_tasks([encoded[u]["train"] for u in phase])
+        name = f"joint({len(phase)} tasks)"
+        epochs = max(epochs_for(cfg, tasks[u].name) for u in phase)
+        key_index = T  # a key stream of its own, apart from every task's
+    else:
+        train_enc, train_ids = encoded[t]["train"], None
+        name = tasks[t].name
+        epochs = epochs_for(cfg, name)
+        key_index = t
     bs = cfg.train.batch_size
-    per_epoch = batching.num_batches(len(enc["train"]), bs)
+    per_epoch = batching.num_batches(len(train_enc), bs)
     total = per_epoch * epochs
-    opt_state = tx.init(trainable)  # begin_task: fresh moments
+    opt_state = ctx.tx.init(trainable)  # begin_task: fresh moments
     tid = jnp.int32(t)
     s_max = cfg.hat.s_max
+    reg_weight = cfg.hat.reg_weight if method.hat else 0.0
     best, best_loss, best_epoch = None, math.inf, -1
     g_step = 0
     for epoch in range(epochs):
-        rng = np.random.default_rng([cfg.seed, t, epoch])
-        ep_key = jax.random.fold_in(jax.random.fold_in(train_key, t), epoch)
+        rng = np.random.default_rng([cfg.seed, key_index, epoch])
+        ep_key = jax.random.fold_in(jax.random.fold_in(ctx.train_key, key_index), epoch)
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
         last_log = t0
-        for j, batch in enumerate(batching.train_batches(enc["train"], bs, cfg.train.buckets, rng)):
+        batches = batching.train_batches(train_enc, bs, cfg.train.buckets, rng, train_ids)
+        for j, batch in enumerate(batches):
             s = (s_max - 1.0 / s_max) * j / per_epoch + 1.0 / s_max  # spec §5.2, per epoch
             lr = optim.learning_rate(cfg.train, g_step, total)
-            trainable, opt_state, m = train_step(
-                trainable, opt_state, frozen, batch, tid, jnp.float32(s), jnp.float32(lr),
+            trainable, opt_state, m = ctx.train_step(
+                trainable, opt_state, ctx.frozen, batch, tid, jnp.float32(s), jnp.float32(lr),
                 masks, jax.random.fold_in(ep_key, j),
             )  # fmt: skip
             g_step += 1
@@ -315,24 +387,40 @@ def _learn_task(
                     sums["loss"] / max(sums["n"], 1.0), sums["n"] / (last_log - t0),
                 )  # fmt: skip
         dt = time.perf_counter() - t0
-        dev = evaluate(trainable, enc["dev"], t)
-        g1, g2 = gates(trainable, frozen, tid)
-        dev_loss = dev["ce"] + cfg.hat.reg_weight * float(hat.regulariser(g1, g2, masks))
+        dev_ce, dev_acc = _dev_scores(ctx, trainable, encoded, phase)
+        dev_loss = dev_ce
+        if method.hat:
+            g1, g2 = ctx.gates(trainable, ctx.frozen, tid)
+            dev_loss += reg_weight * float(hat.regulariser(g1, g2, masks))
         n = max(sums["n"], 1.0)
         log.info(
             "task %d/%d %s epoch %d/%d: loss %.4f train acc %.3f | dev loss %.4f acc %.3f | "
             "%.1f ex/s",
             t + 1, T, name, epoch + 1, epochs, sums["loss"] / n, sums["correct"] / n, dev_loss,
-            dev["acc"], sums["n"] / dt,
+            dev_acc, sums["n"] / dt,
         )  # fmt: skip
-        writer.write(
+        ctx.writer.write(
             "epoch", task=t, epoch=epoch, loss=sums["loss"] / n, train_acc=sums["correct"] / n,
-            dev_loss=dev_loss, dev_acc=dev["acc"], examples_per_s=sums["n"] / dt,
+            dev_loss=dev_loss, dev_acc=dev_acc, examples_per_s=sums["n"] / dt,
         )  # fmt: skip
         if dev_loss < best_loss:
             best_loss, best_epoch = dev_loss, epoch
             best = jax.tree.map(jnp.copy, trainable)  # the step donates `trainable`
     log.info("task %d/%d %s: best epoch %d (dev loss %.4f)", t + 1, T, name, best_epoch + 1,
              best_loss)  # fmt: skip
-    g1, g2 = gates(best, frozen, tid)
+    if not method.hat:
+        return best, masks
+    g1, g2 = ctx.gates(best, ctx.frozen, tid)
     return best, hat.accumulate(masks, g1, g2)
+
+
+def _dev_scores(ctx: _TaskContext, trainable, encoded, phase) -> tuple[float, float]:
+    """(mean dev CE, dev accuracy) over the dev sets of the phase's tasks, pooled by example."""
+    ce = correct = n = 0.0
+    for u in phase:
+        enc = encoded[u]["dev"]
+        res = ctx.evaluate(trainable, enc, u)
+        ce += res["ce"] * len(enc)
+        correct += res["acc"] * len(enc)
+        n += len(enc)
+    return ce / max(n, 1.0), correct / max(n, 1.0)

@@ -45,8 +45,13 @@ def _row_mask(v: nnx.Variable, task_id: jax.Array, upto: bool) -> jax.Array:
     return keep.astype(value.dtype).reshape(shape)
 
 
-def update_scales(trainable: nnx.State, task_id: jax.Array, masks: hat.HatMasks) -> nnx.State:
-    """Per-element update scales for task `task_id`; same tree as `trainable`, leaves broadcast."""
+def update_scales(
+    trainable: nnx.State, task_id: jax.Array, masks: hat.HatMasks, *, all_heads: bool = False
+) -> nnx.State:
+    """Per-element update scales for task `task_id`; same tree as `trainable`, leaves broadcast.
+
+    all_heads: every head row gets scale 1 (joint training of all tasks, MTL).
+    """
     tsm = hat.tsm_scales(masks)
 
     def scale(v: nnx.Variable) -> nnx.Variable:
@@ -54,6 +59,8 @@ def update_scales(trainable: nnx.State, task_id: jax.Array, masks: hat.HatMasks)
             return v.replace(tsm[role])
         if isinstance(v, CapsuleParam):
             return v.replace(_row_mask(v, task_id, upto=True))
+        if isinstance(v, HeadParam) and all_heads:
+            return v.replace(jnp.ones((), v[...].dtype))
         if isinstance(v, TaskEmbedding | HeadParam):
             return v.replace(_row_mask(v, task_id, upto=False))
         return v.replace(jnp.ones((), v[...].dtype))

@@ -43,7 +43,8 @@ def split_model(model: nnx.Module) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
 class Batch:
     """A padded batch. All [B, L] int32 except labels [B] int32 and weight [B] float32.
 
-    weight is 0 for rows that only pad the batch to its fixed size.
+    weight is 0 for rows that only pad the batch to its fixed size. task_ids [B] int32 is the
+    task (head) of each row when a batch mixes tasks (MTL); None = the step's task_id.
     """
 
     input_ids: jax.Array
@@ -51,6 +52,7 @@ class Batch:
     attention_mask: jax.Array
     labels: jax.Array
     weight: jax.Array
+    task_ids: jax.Array | None = None
 
 
 def _map_embeddings(fn: Callable, tree: nnx.State, like: nnx.State) -> nnx.State:
@@ -69,9 +71,18 @@ def _weighted_ce(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]
 
 
 def make_train_step(
-    graphdef: nnx.GraphDef, tx: optax.GradientTransformationExtraArgs, hat_cfg: HatConfig
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformationExtraArgs,
+    hat_cfg: HatConfig,
+    *,
+    use_hat: bool = True,
+    all_heads: bool = False,
 ) -> Callable:
-    """Returns the un-jitted train step (jit it with donate_argnums=(0, 1))."""
+    """Returns the un-jitted train step (jit it with donate_argnums=(0, 1)).
+
+    use_hat: add the HAT mask regulariser to the loss (methods without HAT have no gates to
+    regularise). all_heads: every task's head is trained (MTL), not only task_id's.
+    """
 
     def train_step(
         trainable: nnx.State,
@@ -98,10 +109,11 @@ def make_train_step(
                 dropout_key=dropout_key,
                 router_key=router_key,
                 straight_through=True,
+                head_ids=batch.task_ids,
             )
             ce_sum, n = _weighted_ce(logits, batch)
             ce = ce_sum / jnp.maximum(n, 1.0)
-            reg = hat.regulariser(g1, g2, masks)
+            reg = hat.regulariser(g1, g2, masks) if use_hat else jnp.zeros(())
             return ce + hat_cfg.reg_weight * reg, (ce, reg, logits)
 
         (loss, (ce, reg, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
@@ -110,7 +122,7 @@ def make_train_step(
             grads,
             trainable,
         )
-        scales = optim.update_scales(trainable, task_id, masks)
+        scales = optim.update_scales(trainable, task_id, masks, all_heads=all_heads)
         updates, opt_state = tx.update(grads, opt_state, trainable, scales=scales, lr=lr)
         trainable = optax.apply_updates(trainable, updates)
         trainable = _map_embeddings(
@@ -148,6 +160,7 @@ def make_eval_step(graphdef: nnx.GraphDef, hat_cfg: HatConfig, router_noise: boo
             task_id,
             jnp.float32(hat_cfg.s_max),
             router_key=key if router_noise else None,
+            head_ids=batch.task_ids,
         )
         ce_sum, n = _weighted_ce(logits, batch)
         return {"ce_sum": ce_sum, "n": n, "preds": jnp.argmax(logits, -1).astype(jnp.int32)}

@@ -1,0 +1,296 @@
+"""Paper-style tables and plots from run folders.
+
+    python -m ctr_jax.report runs/ [more folders or results.json files] --out docs/results
+
+Finds every results.json under the given paths, groups the runs by (benchmark, method) and writes
+to --out:
+
+    results.md / results.csv   methods x benchmarks: Acc, MF1, forgetting (FR), in %, mean +- std
+                               over the runs of a group (orders, seeds), the number of runs, and
+                               the paper's Acc / MF1 (spec §9.1) beside ours
+    heatmap_<run>.png          each run's accuracy matrix (row = after task, column = task)
+    curve_<benchmark>.png      mean accuracy over the tasks seen so far after each task, one line
+                               per method (mean over its runs), all methods in one figure
+
+Only runs that learned every task enter the table and curves; unfinished ones are listed under
+the table. MTL has no forgetting (one joint phase), so its FR prints as "-". Matplotlib runs with
+the non-interactive Agg backend, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import math
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ctr_jax.methods import METHODS
+from ctr_jax.metrics import RESULTS_FILE, read_results
+
+log = logging.getLogger(__name__)
+
+BENCHMARKS = ("asc", "dsc_small", "dsc_full", "20news")
+BENCH_LABEL = {"asc": "ASC", "dsc_small": "DSC small", "dsc_full": "DSC full", "20news": "20News"}
+# Spec §9.1 (bert-base, 5-order means; the paper's "DSC" is DSC full), as (Acc, MF1) in %.
+# Rows: CTR and B-CL are "BERT"; HAT, NCL, ONE "Adapter-BERT"; MTL "BERT" (the only MTL row).
+PAPER: dict[tuple[str, str], tuple[float, float]] = {
+    ("ctr", "asc"): (89.47, 83.62), ("ctr", "dsc_full"): (89.31, 88.75),
+    ("ctr", "20news"): (95.25, 95.23),
+    ("bcl", "asc"): (88.29, 81.40), ("bcl", "dsc_full"): (79.76, 76.51),
+    ("bcl", "20news"): (95.07, 95.04),
+    ("hat", "asc"): (86.14, 78.52), ("hat", "dsc_full"): (88.00, 87.26),
+    ("hat", "20news"): (95.22, 95.21),
+    ("ncl", "asc"): (54.03, 44.81), ("ncl", "dsc_full"): (64.94, 63.40),
+    ("ncl", "20news"): (68.29, 61.70),
+    ("one", "asc"): (85.96, 78.07), ("one", "dsc_full"): (88.30, 87.31),
+    ("one", "20news"): (96.20, 96.19),
+    ("mtl", "asc"): (91.91, 88.11), ("mtl", "dsc_full"): (89.77, 89.28),
+    ("mtl", "20news"): (96.77, 96.77),
+}  # fmt: skip
+
+
+class ReportError(ValueError):
+    """Bad input to the report; the message names the file at fault."""
+
+
+def find_results(paths: Iterable[Path]) -> list[Path]:
+    """Every results.json at or under `paths` (a file, a run folder, or a folder of runs)."""
+    found: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            found.append(p)
+        elif p.is_dir():
+            found += sorted(p.rglob(RESULTS_FILE))
+        else:
+            raise ReportError(f"{p}: no such file or folder")
+    return sorted(set(found))
+
+
+def load_runs(files: Sequence[Path]) -> list[dict]:
+    """read_results of each file plus "path", "name" and "complete" (every task learned)."""
+    runs = []
+    for f in files:
+        try:
+            r = read_results(f)
+        except (OSError, ValueError, KeyError) as e:
+            raise ReportError(f"{f}: not a results file ({e})") from e
+        for key in ("method", "benchmark", "tasks", "acc", "mf1", "summary"):
+            if key not in r:
+                raise ReportError(f"{f}: results file lacks {key!r}")
+        r["path"] = f
+        r["name"] = r.get("name") or f.parent.name
+        r["complete"] = r["summary"].get("tasks_learned") == len(r["tasks"])
+        runs.append(r)
+    return runs
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    a = np.asarray(values, np.float64)
+    return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
+
+
+def aggregate(runs: Sequence[dict]) -> list[dict]:
+    """One row per (benchmark, method) of complete runs: means and stds in %, paper figures."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in runs:
+        if r["complete"]:
+            groups.setdefault((r["benchmark"], r["method"]), []).append(r)
+    rows = []
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (bench, method), rs in sorted(
+        groups.items(), key=lambda kv: (_bench_key(kv[0][0]), order.get(kv[0][1], 99), kv[0][1])
+    ):
+        joint = all(r.get("protocol") == "joint" or r["method"] == "mtl" for r in rs)
+        row = {"benchmark": bench, "method": method, "runs": len(rs)}
+        for key in ("acc", "mf1", "forgetting"):
+            if key == "forgetting" and joint:
+                row[f"{key}_mean"] = row[f"{key}_std"] = math.nan
+                continue
+            mean, std = _mean_std([100.0 * r["summary"][key] for r in rs])
+            row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+        paper = PAPER.get((method, bench), (math.nan, math.nan))
+        row["paper_acc"], row["paper_mf1"] = paper
+        rows.append(row)
+    return rows
+
+
+def _bench_key(b: str) -> int:
+    return BENCHMARKS.index(b) if b in BENCHMARKS else len(BENCHMARKS)
+
+
+def _fmt(mean: float, std: float) -> str:
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
+
+
+def _label(method: str) -> str:
+    return METHODS[method].label if method in METHODS else method
+
+
+def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
+    """The results table as Markdown, one section per benchmark."""
+    out = []
+    for bench in sorted({r["benchmark"] for r in rows}, key=_bench_key):
+        out.append(f"### {BENCH_LABEL.get(bench, bench)}\n")
+        out.append("| method | runs | Acc | MF1 | FR | paper Acc | paper MF1 |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in (r for r in rows if r["benchmark"] == bench):
+            paper = ["-" if math.isnan(v) else f"{v:.2f}" for v in (r["paper_acc"], r["paper_mf1"])]
+            out.append(
+                f"| {_label(r['method'])} | {r['runs']} | {_fmt(r['acc_mean'], r['acc_std'])} | "
+                f"{_fmt(r['mf1_mean'], r['mf1_std'])} | "
+                f"{_fmt(r['forgetting_mean'], r['forgetting_std'])} | {paper[0]} | {paper[1]} |"
+            )
+        out.append("")
+    unfinished = [r for r in runs if not r["complete"]]
+    if unfinished:
+        out.append("Unfinished runs (not in the table):")
+        for r in unfinished:
+            out.append(
+                f"- {r['name']} ({r['method']}, {r['benchmark']}): "
+                f"{r['summary'].get('tasks_learned')} of {len(r['tasks'])} tasks"
+            )
+        out.append("")
+    out.append(
+        "Acc, MF1: mean over the tasks after the last one (%); FR: forgetting rate (spec §6, "
+        "% points); mean ± sample std over runs (orders, seeds). Paper: spec §9.1 (bert-base)."
+    )
+    return "\n".join(out) + "\n"
+
+
+def csv_table(rows: Sequence[dict]) -> str:
+    cols = ["benchmark", "method", "runs", "acc_mean", "acc_std", "mf1_mean", "mf1_std",
+            "forgetting_mean", "forgetting_std", "paper_acc", "paper_mf1"]  # fmt: skip
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if isinstance(r[c], float) and math.isnan(r[c]) else r[c] for c in cols])
+    return buf.getvalue()
+
+
+def seen_task_curve(acc: np.ndarray) -> np.ndarray:
+    """[T] mean accuracy over tasks 0..t after learning task t, from acc [T, T] (in %)."""
+    return np.array([100.0 * np.nanmean(acc[t, : t + 1]) for t in range(acc.shape[0])])
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+
+
+def plot_heatmap(run: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    acc = 100.0 * run["acc"]
+    T = acc.shape[0]
+    fig, ax = plt.subplots(figsize=(2.0 + 0.45 * T, 1.5 + 0.4 * T))
+    im = ax.imshow(np.ma.masked_invalid(acc), vmin=0, vmax=100, cmap="viridis")
+    ticks = [f"{i}" for i in range(T)]
+    ax.set_xticks(range(T), ticks)
+    ax.set_yticks(range(T), ticks)
+    ax.set_xlabel("task evaluated")
+    ax.set_ylabel("after learning task")
+    if T <= 20:
+        for i in range(T):
+            for j in range(i + 1):
+                if np.isfinite(acc[i, j]):
+                    color = "black" if acc[i, j] > 60 else "white"
+                    ax.text(j, i, f"{acc[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color=color)  # fmt: skip
+    s = run["summary"]
+    ax.set_title(
+        f"{_label(run['method'])} on {BENCH_LABEL.get(run['benchmark'], run['benchmark'])} "
+        f"({run['name']})\nAcc {100 * s['acc']:.2f}  MF1 {100 * s['mf1']:.2f}",
+        fontsize=9,
+    )
+    fig.colorbar(im, ax=ax, label="test accuracy (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    by_method: dict[str, list[np.ndarray]] = {}
+    for r in runs:
+        if r["complete"] and r["benchmark"] == bench:
+            by_method.setdefault(r["method"], []).append(seen_task_curve(r["acc"]))
+    order = {m: i for i, m in enumerate(METHODS)}
+    for method in sorted(by_method, key=lambda m: order.get(m, 99)):
+        curves = np.stack(by_method[method])
+        x = np.arange(1, curves.shape[1] + 1)
+        style = "--" if method == "mtl" else "-"
+        n = len(curves)
+        ax.plot(x, curves.mean(0), style, marker="o", ms=3,
+                label=f"{_label(method)} ({n} run{'s' if n > 1 else ''})")  # fmt: skip
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("tasks learned")
+    ax.set_ylabel("mean test accuracy over seen tasks (%)")
+    ax.set_title(f"{BENCH_LABEL.get(bench, bench)}: accuracy over the tasks seen so far")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(paths: Sequence[Path], out: Path, plots: bool = True) -> dict[str, Path]:
+    """Writes the table (Markdown, CSV) and plots for the runs under `paths`; returns the files."""
+    runs = load_runs(find_results(paths))
+    if not runs:
+        raise ReportError(f"no {RESULTS_FILE} under {[str(p) for p in paths]}")
+    names = [r["name"] for r in runs]
+    if dup := sorted({n for n in names if names.count(n) > 1}):
+        raise ReportError(f"several runs share the name(s) {dup}: report them separately")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = aggregate(runs)
+    files = {"md": out / "results.md", "csv": out / "results.csv"}
+    files["md"].write_text(markdown_table(rows, runs), encoding="utf-8")
+    files["csv"].write_text(csv_table(rows), encoding="utf-8")
+    if plots:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        for r in runs:
+            files[f"heatmap:{r['name']}"] = p = out / f"heatmap_{_safe(r['name'])}.png"
+            plot_heatmap(r, p)
+        for bench in sorted({r["benchmark"] for r in runs if r["complete"]}, key=_bench_key):
+            files[f"curve:{bench}"] = p = out / f"curve_{_safe(bench)}.png"
+            plot_curves(runs, bench, p)
+    log.info("report of %d runs written to %s", len(runs), out)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("paths", nargs="+", type=Path, help="run folders or results.json files")
+    parser.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder")
+    parser.add_argument("--no-plots", action="store_true", help="tables only")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        files = write_report(args.paths, args.out, plots=not args.no_plots)
+    except ReportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print((args.out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {len(files)} files to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The report on hand-made run folders: aggregation by hand, tables, plots, bad input."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from ctr_jax import report
+from ctr_jax.metrics import write_results
+
+NAN = np.nan
+
+
+def _run(root, name, method, acc, mf1=None, benchmark="asc", order=0, protocol="sequential"):
+    acc = np.array(acc, dtype=np.float64)
+    write_results(
+        root / name, method=method, benchmark=benchmark, order=order, seed=0, backbone="tiny",
+        tasks=[f"t{i}" for i in range(len(acc))], acc=acc,
+        mf1=acc - 0.1 if mf1 is None else np.array(mf1), extra={"protocol": protocol, "name": name},
+    )  # fmt: skip
+
+
+@pytest.fixture
+def runs(tmp_path):
+    root = tmp_path / "runs"
+    # CTR, two orders. Order 0: final row (0.8, 0.9) -> Acc 85, FR = 0.9 - 0.8 = 10 points.
+    _run(root, "ctr_o0", "ctr", [[0.9, NAN], [0.8, 0.9]])
+    # Order 1: final row (0.7, 0.8) -> Acc 75, FR = 0.7 - 0.7 = 0.
+    _run(root, "ctr_o1", "ctr", [[0.7, NAN], [0.7, 0.8]], order=1)
+    _run(root, "mtl", "mtl", [[0.95, NAN], [0.95, 0.85]], protocol="joint")
+    _run(root, "ncl_half", "ncl", [[0.6, NAN], [NAN, NAN]])  # unfinished
+    return root
+
+
+def test_aggregate_matches_hand_computed_values(runs):
+    rows = report.aggregate(report.load_runs(report.find_results([runs])))
+    by = {r["method"]: r for r in rows}
+    assert set(by) == {"ctr", "mtl"}  # the unfinished NCL run is left out
+    ctr = by["ctr"]
+    assert ctr["runs"] == 2
+    assert ctr["acc_mean"] == pytest.approx(80.0) and ctr["acc_std"] == pytest.approx(
+        math.sqrt(50.0)  # sample std of 85 and 75
+    )
+    assert ctr["mf1_mean"] == pytest.approx(70.0)
+    assert ctr["forgetting_mean"] == pytest.approx(5.0)
+    assert (ctr["paper_acc"], ctr["paper_mf1"]) == (89.47, 83.62)
+    mtl = by["mtl"]
+    assert mtl["acc_mean"] == pytest.approx(90.0) and math.isnan(mtl["acc_std"])  # one run
+    assert math.isnan(mtl["forgetting_mean"])  # joint training has no forgetting
+
+
+def test_report_writes_tables_and_plots(runs, tmp_path):
+    out = tmp_path / "out"
+    files = report.write_report([runs], out)
+    md = (out / "results.md").read_text()
+    assert "| CTR | 2 | 80.00 ± 7.07 | 70.00 ± 7.07 | 5.00 ± 7.07 | 89.47 | 83.62 |" in md
+    assert "| MTL | 1 | 90.00 | 80.00 | - | 91.91 | 88.11 |" in md
+    assert "ncl_half (ncl, asc): 1 of 2 tasks" in md
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [r["method"] for r in rows] == ["ctr", "mtl"] and rows[1]["forgetting_mean"] == ""
+    pngs = sorted(p.name for p in out.glob("*.png"))
+    assert pngs == ["curve_asc.png", "heatmap_ctr_o0.png", "heatmap_ctr_o1.png",
+                    "heatmap_mtl.png", "heatmap_ncl_half.png"]  # fmt: skip
+    for name, path in files.items():
+        if name.startswith(("heatmap", "curve")):
+            assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_seen_task_curve():
+    acc = np.array([[0.9, NAN, NAN], [0.8, 0.6, NAN], [0.7, 0.5, 0.3]])
+    np.testing.assert_allclose(report.seen_task_curve(acc), [90.0, 70.0, 50.0])
+
+
+def test_bad_input_names_the_file(tmp_path):
+    bad = tmp_path / "broken" / "results.json"
+    bad.parent.mkdir()
+    bad.write_text("{not json")
+    with pytest.raises(report.ReportError, match="broken/results.json"):
+        report.write_report([tmp_path], tmp_path / "out")
+    with pytest.raises(report.ReportError, match="no such file"):
+        report.write_report([tmp_path / "missing"], tmp_path / "out")
+    assert report.main([str(tmp_path / "missing")]) == 2
