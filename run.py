@@ -10,10 +10,26 @@ task). Rerunning the same command resumes. Tables and plots: python -m ctr_jax.r
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 from ctr_jax.config import ConfigError, load_config
 from ctr_jax.sweep import expand
+
+
+def _enable_compilation_cache() -> None:
+    """Keeps compiled steps on disk, so a resume, a sweep's next run or another method with the
+    same shapes skips XLA compilation (minutes per run on a CPU). JAX_COMPILATION_CACHE_DIR
+    chooses the folder (default ~/.cache/ctr_jax/xla); CTR_JAX_NO_COMPILE_CACHE=1 turns it off."""
+    if os.environ.get("CTR_JAX_NO_COMPILE_CACHE") == "1":
+        return
+    import jax
+
+    if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        jax.config.update(
+            "jax_compilation_cache_dir", str(Path.home() / ".cache" / "ctr_jax" / "xla")
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     # Heavy imports (jax, orbax) only once the config is known to be valid.
+    _enable_compilation_cache()
     from ctr_jax.data.tasks import DataError
     from ctr_jax.models.bert import BackboneError
     from ctr_jax.training.loop import run

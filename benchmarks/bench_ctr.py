@@ -1,102 +1,168 @@
-"""Throughput of CTR's jitted train and eval steps on the default backbone (run by hand).
+"""Throughput, compile time and peak memory of the train / eval steps (run by hand, not in CI).
 
-    python benchmarks/bench_ctr.py [--capacity 1 5 10 19] [--lengths 32 64 128] [--steps 5]
+    python benchmarks/bench_ctr.py                      # the full table (issue 6)
+    python benchmarks/bench_ctr.py --methods ctr --capacity 19 --padding bucketed
 
-Prints a table: compile time, train examples/s (batch 32) and eval examples/s (batch 128) per
-task capacity and padded length, on random token ids. Not part of the test suite.
+Every row runs in a fresh subprocess so its peak RSS is its own. Batches are real ASC batches
+(default backbone, order 0 training sets pooled, batch 32; eval: test sets, batch 128), either
+padded to the smallest bucket of (32, 64, 128) ("bucketed") or all to 128 ("128"). A row first
+compiles every padded length it will meet (compile_s is that total, train + eval), then times
+`--steps` train steps and the eval batches over the same mix of lengths.
+
+Columns: method, capacity T (task slots in the model; the current task is T - 1, so the KSM of
+CTR and B-CL works over all T tasks), padding, compile_s, train_ex_s, eval_ex_s, peak_rss_mb.
+Prints a Markdown table; --json writes the rows too.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from flax import nnx
-
-from ctr_jax.config import HatConfig, ModelConfig, TrainConfig
-from ctr_jax.models import hat
-from ctr_jax.models.bert import load_pretrained, resolve_backbone
-from ctr_jax.models.classifier import CTRClassifier
-from ctr_jax.training import optim, step
+ROW_FIELDS = ("method", "capacity", "padding", "dtype", "compile_s", "train_ex_s", "eval_ex_s",
+              "peak_rss_mb")  # fmt: skip
 
 
-def _batch(b: int, length: int, seed: int) -> step.Batch:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(length // 2, length + 1, b)
-    mask = (np.arange(length)[None] < lengths[:, None]).astype(np.int32)
-    return step.Batch(
-        input_ids=(rng.integers(1000, 20000, (b, length)) * mask).astype(np.int32),
-        token_type_ids=np.zeros((b, length), np.int32),
-        attention_mask=mask,
-        labels=rng.integers(0, 2, b).astype(np.int32),
-        weight=np.ones(b, np.float32),
-    )
+def _batches(padding: str, n_train: int, n_eval: int):
+    """Real ASC batches: (train batches of 32, eval batches of 128)."""
+    import numpy as np
+
+    from ctr_jax.data import batching
+    from ctr_jax.data.benchmarks import load_benchmark
+    from ctr_jax.data.tasks import resolve_data_root
+    from ctr_jax.data.tokenize import TextEncoder
+    from ctr_jax.models.bert import resolve_backbone
+
+    tasks = load_benchmark("asc", resolve_data_root(None), 0)
+    text = TextEncoder(resolve_backbone(None), 128)
+    buckets = (32, 64, 128) if padding == "bucketed" else (128,)
+    rng = np.random.default_rng(0)
+    train = []
+    for task in tasks:  # a few batches of every task: the run's mix of lengths
+        enc = text.encode(task.split("train"))
+        train += list(batching.train_batches(enc, 32, buckets, rng))[:3]
+    # Eval: all test sets pooled, so every batch is full (the step cost does not depend on the
+    # task id; a short last batch of one task would time padding rows instead).
+    test, _ = batching.concat_tasks([text.encode(t.split("test")) for t in tasks])
+    evals = [b for b, _ in batching.eval_batches(test, 128, buckets) if b.weight.sum() == 128]
+    order = rng.permutation(len(train))[:n_train]
+    eval_order = rng.permutation(len(evals))[:n_eval]
+    return [train[i] for i in order], [evals[i] for i in eval_order]
 
 
-def bench(capacity: int, lengths: list[int], steps: int, model_cfg: ModelConfig) -> list[dict]:
+def run_row(method: str, capacity: int, padding: str, steps: int, dtype: str, width: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from ctr_jax.config import HatConfig, ModelConfig, TrainConfig
+    from ctr_jax.methods import get_method
+    from ctr_jax.models import hat
+    from ctr_jax.models.bert import load_pretrained, resolve_backbone
+    from ctr_jax.models.classifier import CTRClassifier
+    from ctr_jax.training import optim, step
+    from ctr_jax.training.loop import _cast_kernels
+
+    m = get_method(method)
+    cfg = ModelConfig(tsm_width=width, compute_dtype=dtype)
     encoder = load_pretrained(resolve_backbone(None))
-    model = CTRClassifier(encoder, [2] * capacity, model_cfg, rngs=nnx.Rngs(0))
+    model = CTRClassifier(encoder, [3] * capacity, cfg, ksm=m.ksm, use_hat=m.hat, rngs=nnx.Rngs(0))
+    if dtype != "float32":
+        model.encoder.set_compute_dtype(dtype)
     graphdef, trainable, frozen = step.split_model(model)
+    frozen = _cast_kernels(frozen, dtype)
     train_cfg, hat_cfg = TrainConfig(), HatConfig()
     tx = optim.make_optimizer(train_cfg, optim.decay_mask(trainable))
-    train_step = jax.jit(step.make_train_step(graphdef, tx, hat_cfg), donate_argnums=(0, 1))
+    train_step = jax.jit(
+        step.make_train_step(graphdef, tx, hat_cfg, use_hat=m.hat), donate_argnums=(0, 1)
+    )
     eval_step = jax.jit(step.make_eval_step(graphdef, hat_cfg, False))
     P, D = 2 * encoder.config.num_hidden_layers, encoder.config.hidden_size
-    masks = hat.HatMasks.zeros(P, model_cfg.tsm_width, D)
+    masks = hat.HatMasks.zeros(P, width, D)
     opt_state = tx.init(trainable)
     tid = jnp.int32(capacity - 1)
-    rows = []
-    for length in lengths:
-        batch = _batch(32, length, 0)
-        args = (jnp.float32(1.0), jnp.float32(1e-5), masks)
-        t0 = time.perf_counter()
-        trainable, opt_state, m = train_step(
-            trainable, opt_state, frozen, batch, tid, *args, jax.random.key(0)
-        )
-        jax.block_until_ready(m)
-        compile_train = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for i in range(steps):
-            trainable, opt_state, m = train_step(
-                trainable, opt_state, frozen, batch, tid, *args, jax.random.key(i)
-            )
-        jax.block_until_ready(m)
-        train_eps = 32 * steps / (time.perf_counter() - t0)
-        ebatch = _batch(128, length, 1)
-        t0 = time.perf_counter()
-        jax.block_until_ready(eval_step(trainable, frozen, ebatch, tid, jax.random.key(0)))
-        compile_eval = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for _ in range(max(1, steps // 2)):
-            out = eval_step(trainable, frozen, ebatch, tid, jax.random.key(0))
-        jax.block_until_ready(out)
-        eval_eps = 128 * max(1, steps // 2) / (time.perf_counter() - t0)
-        rows.append(
-            dict(capacity=capacity, length=length, compile_train_s=compile_train,
-                 train_ex_s=train_eps, compile_eval_s=compile_eval, eval_ex_s=eval_eps)
-        )  # fmt: skip
-    return rows
+    train, evals = _batches(padding, steps, max(4, steps // 2))
+    args = (tid, jnp.float32(1.0), jnp.float32(1e-5), masks)
+
+    t0 = time.perf_counter()
+    for width_ in sorted({b.input_ids.shape[1] for b in train}):  # compile every length once
+        b = next(b for b in train if b.input_ids.shape[1] == width_)
+        trainable, opt_state, met = train_step(trainable, opt_state, frozen, b, *args,
+                                               jax.random.key(0))  # fmt: skip
+        jax.block_until_ready(met)
+    for width_ in sorted({b.input_ids.shape[1] for b in evals}):
+        b = next(b for b in evals if b.input_ids.shape[1] == width_)
+        jax.block_until_ready(eval_step(trainable, frozen, b, tid, jax.random.key(0)))
+    compile_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    n = 0
+    for i, b in enumerate(train):
+        trainable, opt_state, met = train_step(trainable, opt_state, frozen, b, *args,
+                                               jax.random.key(i))  # fmt: skip
+        n += int(b.weight.sum())
+    jax.block_until_ready(met)
+    train_ex_s = n / (time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    n = 0
+    for b in evals:
+        out = eval_step(trainable, frozen, b, tid, jax.random.key(0))
+        n += int(b.weight.sum())
+    jax.block_until_ready(out)
+    eval_ex_s = n / (time.perf_counter() - t0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return dict(method=method, capacity=capacity, padding=padding, dtype=dtype,
+                compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
+                eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak))  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--capacity", type=int, nargs="+", default=[1, 5, 10, 19])
-    parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64, 128])
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--tsm-width", type=int, default=2000)
-    args = parser.parse_args()
-    cfg = ModelConfig(tsm_width=args.tsm_width)
-    header = "capacity length compile_train_s train_ex_s compile_eval_s eval_ex_s"
-    print(f"devices: {jax.devices()}\n{header}")
-    for cap in args.capacity:
-        for r in bench(cap, args.lengths, args.steps, cfg):
-            print(" ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak RSS: {peak:.0f} MiB")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=["ctr", "ncl"])
+    p.add_argument("--capacity", type=int, nargs="+", default=[1, 5, 10, 19])
+    p.add_argument("--padding", nargs="+", default=["bucketed", "128"])
+    p.add_argument("--dtype", nargs="+", default=["float32"])
+    p.add_argument("--steps", type=int, default=12, help="timed train steps per row")
+    p.add_argument("--tsm-width", type=int, default=2000)
+    p.add_argument("--json", help="also write the rows to this file")
+    p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
+    args = p.parse_args()
+    if args.row:
+        r = json.loads(args.row)
+        print("ROW " + json.dumps(run_row(**r)))
+        return
+    import jax
+
+    print(f"devices: {jax.devices()}; cpus: {os.cpu_count()}", flush=True)
+    print("| " + " | ".join(ROW_FIELDS) + " |\n|" + "---|" * len(ROW_FIELDS), flush=True)
+    rows = []
+    for method in args.methods:
+        # Capacity only changes the KSM; an adapter baseline is measured once, at the largest.
+        caps = args.capacity if method in ("ctr", "bcl") else [max(args.capacity)]
+        for cap in caps:
+            for padding in args.padding:
+                for dtype in args.dtype:
+                    spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
+                                dtype=dtype, width=args.tsm_width)  # fmt: skip
+                    proc = subprocess.run(
+                        [sys.executable, __file__, "--row", json.dumps(spec)],
+                        capture_output=True, text=True,
+                    )  # fmt: skip
+                    line = [x for x in proc.stdout.splitlines() if x.startswith("ROW ")]
+                    if proc.returncode or not line:
+                        print(f"row {spec} failed:\n{proc.stderr[-2000:]}", file=sys.stderr)
+                        continue
+                    row = json.loads(line[0][4:])
+                    rows.append(row)
+                    print("| " + " | ".join(str(row[k]) for k in ROW_FIELDS) + " |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -55,3 +55,19 @@ def test_eval_batches_return_original_indices():
         np.testing.assert_array_equal(batch.attention_mask.sum(1)[: len(idx)], enc.lengths[idx])
         idx_all += list(idx)
     assert sorted(idx_all) == [0, 1, 2, 3, 4]
+
+
+def test_row_sizes():
+    assert batching.row_sizes(128) == (8, 32, 128)
+    assert batching.row_sizes(128, multiple=3) == (9, 33, 129)
+    assert batching.row_sizes(2) == (2,)
+
+
+def test_short_eval_batches_use_fewer_rows():
+    enc = _encoded(list(range(3, 3 + 150)))  # 150 examples: one full batch, then 22
+    shapes = [b.input_ids.shape[0] for b, _ in batching.eval_batches(enc, 128, (128, 256))]
+    assert shapes == [128, 32]
+    small = _encoded([5] * 6)
+    assert [b.input_ids.shape[0] for b, _ in batching.eval_batches(small, 128, (32,))] == [8]
+    two = [b.input_ids.shape[0] for b, _ in batching.eval_batches(small, 128, (32,), multiple=4)]
+    assert two == [8]

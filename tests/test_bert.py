@@ -264,3 +264,17 @@ def test_resolve_backbone(tmp_path, monkeypatch):
     monkeypatch.setattr("huggingface_hub.snapshot_download", offline)
     with pytest.raises(BackboneError, match=r"bert-base-uncased.*model\.safetensors.*folder path"):
         resolve_backbone("bert-base-uncased")
+
+
+def test_bfloat16_compute_is_close_and_switchable(tiny):
+    batch = _tiny_batch()
+    ref = _apply(tiny, batch)
+    tiny.set_compute_dtype("bfloat16")
+    try:
+        low = _apply(tiny, batch)
+    finally:
+        tiny.set_compute_dtype("float32")
+    assert low[0].dtype == jnp.float32  # float32 out, bf16 only inside the matmuls
+    diff = float(jnp.max(jnp.abs(low[0] - ref[0])))
+    assert 0.0 < diff < 0.1, diff  # bf16 rounding is visible, and small
+    chex.assert_trees_all_equal(_apply(tiny, batch), ref)  # "float32" restores exact results

@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from absl.testing import parameterized
 from flax import nnx
 
@@ -79,14 +80,17 @@ def test_nonzero_plugins_change_the_output():
     assert float(jnp.max(jnp.abs(logits - plain))) > 1e-4
 
 
-def test_padding_never_changes_a_result():
-    model = tiny_model()
-    open_router(model)
+@pytest.mark.parametrize("ksm", ["transfer", "dynamic"])
+def test_padding_never_changes_a_result(ksm):
+    """The same examples padded to the shortest bucket (32) and to 128: the same logits."""
+    model = tiny_model(ksm=ksm)
+    if ksm == "transfer":
+        open_router(model)
     # The KSM is ~1e-6 of its input at init; scale it up so it matters at the tolerance below.
     model.plugins.big_w[...] = 1e4 * model.plugins.big_w[...]
-    lengths = jnp.array([11, 7, 4, 3])
-    short = random_batch(4, 11, lengths=lengths)
-    pad = 21
+    lengths = jnp.array([32, 7, 4, 3])
+    short = random_batch(4, 32, lengths=lengths)
+    pad = 128 - 32
     padded = short.replace(
         input_ids=jnp.pad(short.input_ids, ((0, 0), (0, pad))),
         token_type_ids=jnp.pad(short.token_type_ids, ((0, 0), (0, pad))),
@@ -158,3 +162,32 @@ def test_hard_gumbel_gate():
         logits
     )
     assert float(jnp.max(jnp.abs(grad))) > 0.0  # straight-through gives a soft gradient
+
+
+def _crm_reference(win, kernel, bias, valid):
+    y = jnp.einsum("btlw,twf->btlf", win, kernel) + bias[:, None, None, :]
+    return jnp.max(jax.nn.relu(y) * valid[:, None, :, None], axis=2)
+
+
+def test_conv_relu_maxpool_matches_autodiff():
+    from ctr_jax.models.plugins import conv_relu_maxpool
+
+    k = jax.random.split(jax.random.key(3), 4)
+    win = jax.random.normal(k[0], (3, 4, 7, 6))
+    kernel = jax.random.normal(k[1], (4, 6, 5))
+    bias = jax.random.normal(k[2], (3, 5)) - 1.0  # some channels die everywhere
+    valid = jnp.arange(7)[None, :] < jnp.array([7, 4, 1])[:, None]
+    w = jax.random.normal(k[3], (3, 4, 5))
+    ours = conv_relu_maxpool(win, kernel, bias, valid)
+    ref = _crm_reference(win, kernel, bias, valid)
+    np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-6)
+    assert np.any(np.asarray(ref) == 0.0) and np.any(np.asarray(ref) > 0.0)
+
+    def loss(fn):
+        return lambda a, b, c: jnp.sum(w * fn(a, b, c, valid))
+
+    g_ours = jax.grad(loss(conv_relu_maxpool), argnums=(0, 1, 2))(win, kernel, bias)
+    g_ref = jax.grad(loss(_crm_reference), argnums=(0, 1, 2))(win, kernel, bias)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+    assert np.all(np.asarray(g_ours[0])[2, :, 1:] == 0.0)  # masked positions get no gradient

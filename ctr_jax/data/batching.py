@@ -74,14 +74,32 @@ def train_batches(
         yield make_batch(enc, groups[g], batch_size, buckets, task_ids)
 
 
+def row_sizes(batch_size: int, multiple: int = 1) -> tuple[int, ...]:
+    """The batch sizes an evaluation may use: batch_size, batch_size / 4 and batch_size / 16,
+    each rounded up to a multiple of `multiple` (the device count)."""
+    sizes = {batch_size, batch_size // 4, batch_size // 16}
+    return tuple(sorted({max(multiple, -(-s // multiple) * multiple) for s in sizes if s > 0}))
+
+
 def eval_batches(
-    enc: Encoded, batch_size: int, buckets: Sequence[int], task_ids: np.ndarray | None = None
+    enc: Encoded,
+    batch_size: int,
+    buckets: Sequence[int],
+    task_ids: np.ndarray | None = None,
+    multiple: int = 1,
 ) -> Iterator[tuple[Batch, np.ndarray]]:
-    """Batches sorted by length (fewest padded tokens); yields (batch, original row indices)."""
+    """Batches sorted by length (fewest padded tokens); yields (batch, original row indices).
+
+    A short batch (the last one, or a small test set) gets the smallest of ``row_sizes`` that
+    holds it, not `batch_size` rows: most ASC test sets have 20-100 examples, and padding each to
+    128 rows made evaluation several times slower. At most 3 batch shapes per padded length.
+    """
     order = np.argsort(enc.lengths, kind="stable")
+    sizes = row_sizes(batch_size, multiple)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        yield make_batch(enc, idx, batch_size, buckets, task_ids), idx
+        rows = next(s for s in sizes if s >= len(idx))
+        yield make_batch(enc, idx, rows, buckets, task_ids), idx
 
 
 def concat_tasks(encs: Sequence[Encoded]) -> tuple[Encoded, np.ndarray]:

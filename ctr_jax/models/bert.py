@@ -122,7 +122,7 @@ class BertConfig:
             num_hidden_layers=2,
             num_attention_heads=4,
             intermediate_size=64,
-            max_position_embeddings=64,
+            max_position_embeddings=128,
             type_vocab_size=2,
         )
         return cls(**{**base, **overrides})
@@ -160,10 +160,17 @@ class Dense(nnx.Module):
     def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs):
         self.kernel = BertParam(_normal(rngs, (d_in, d_out)))  # [in, out]
         self.bias = BertParam(jnp.zeros((d_out,), jnp.float32))  # [out]
+        self.compute_dtype: str | None = None  # None: float32; see BertEncoder.set_compute_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [..., in] -> [..., out]."""
-        return x @ self.kernel[...] + self.bias[...]
+        """x: [..., in] -> [..., out] (float32)."""
+        if self.compute_dtype is None:
+            return x @ self.kernel[...] + self.bias[...]
+        cd = jnp.dtype(self.compute_dtype)
+        y = jnp.matmul(
+            x.astype(cd), self.kernel[...].astype(cd), preferred_element_type=jnp.float32
+        )
+        return y + self.bias[...]
 
 
 class LayerNorm(nnx.Module):
@@ -258,6 +265,14 @@ class BertEncoder(nnx.Module):
         self.embeddings = Embeddings(config, rngs=rngs)
         self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
         self.pooler = Dense(config.hidden_size, config.hidden_size, rngs=rngs)
+
+    def set_compute_dtype(self, dtype: str) -> None:
+        """Runs every frozen dense layer's matmul in `dtype` ("bfloat16") with float32
+        accumulation and output; "float32" restores exact float32. Embeddings, attention scores,
+        softmax and LayerNorms stay float32."""
+        for _, module in nnx.iter_graph(self):
+            if isinstance(module, Dense):
+                module.compute_dtype = None if dtype == "float32" else dtype
 
     def __call__(
         self,

@@ -34,7 +34,7 @@ from flax import nnx
 
 from ctr_jax import metrics
 from ctr_jax.checkpoint import TaskCheckpointer
-from ctr_jax.config import ConfigError, ExperimentConfig
+from ctr_jax.config import UNFINGERPRINTED, ConfigError, ExperimentConfig
 from ctr_jax.data import batching
 from ctr_jax.data.benchmarks import load_benchmark
 from ctr_jax.data.custom import load_custom
@@ -44,6 +44,7 @@ from ctr_jax.methods import Method, get_method
 from ctr_jax.models import hat
 from ctr_jax.models.bert import load_pretrained, resolve_backbone
 from ctr_jax.models.classifier import CTRClassifier
+from ctr_jax.parallel import DataParallel
 from ctr_jax.tracking import MetricWriter, setup_logging
 from ctr_jax.training import optim, step
 
@@ -105,18 +106,24 @@ def load_tasks(cfg: ExperimentConfig) -> list[Task]:
 
 
 def _check_run_dir(cfg: ExperimentConfig) -> None:
-    """Writes config.json, or refuses a run folder made with a different config."""
+    """Writes config.json, or refuses a run folder made with a different config.
+
+    Keys the saved config lacks (added by a later version of ctr-jax) count as equal when the new
+    value is their default, so a run started before such a key existed still resumes.
+    """
     run_dir = cfg.run_dir
     path = run_dir / "config.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") != cfg.fingerprint():
-            old, new = saved.get("config", {}), cfg.to_dict()
-            diff = sorted(_diff_keys(old, new))
-            raise ConfigError(
-                f"{run_dir} holds a run made with a different config (differs at {diff}). "
-                "Use another name (--set name=...) or delete the folder."
-            )
+            old, new = saved.get("config", {}), cfg.results_dict()
+            defaults = ExperimentConfig().results_dict()
+            diff = sorted(_diff_keys(old, new, defaults))
+            if diff:
+                raise ConfigError(
+                    f"{run_dir} holds a run made with a different config (differs at {diff}). "
+                    "Use another name (--set name=...) or delete the folder."
+                )
         return
     run_dir.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
@@ -126,14 +133,33 @@ def _check_run_dir(cfg: ExperimentConfig) -> None:
     os.replace(tmp, path)
 
 
-def _diff_keys(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in set(a) | set(b):
-            if k == "log_level":
+_MISSING = object()
+
+
+def _diff_keys(old, new, defaults, prefix=""):
+    """Dotted keys where config dicts differ; a key absent from `old` with its default is equal."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in set(old) | set(new):
+            if k in UNFINGERPRINTED and not prefix:
                 continue
-            yield from _diff_keys(a.get(k), b.get(k), f"{prefix}{k}.")
-    elif a != b:
+            d = defaults.get(k, _MISSING) if isinstance(defaults, dict) else _MISSING
+            yield from _diff_keys(old.get(k, _MISSING), new.get(k, _MISSING), d, f"{prefix}{k}.")
+    elif old is _MISSING and new == defaults:
+        return
+    elif old != new:
         yield prefix.rstrip(".")
+
+
+def _cast_kernels(frozen: nnx.State, dtype: str) -> nnx.State:
+    """Stores the frozen dense kernels in `dtype` once, instead of casting them every step."""
+    if dtype == "float32":
+        return frozen
+
+    def cast(path, v):
+        names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path[-2:]]
+        return v.astype(jnp.dtype(dtype)) if "kernel" in names else v
+
+    return jax.tree_util.tree_map_with_path(cast, frozen)
 
 
 def _flat(state: nnx.State) -> dict[str, jax.Array]:
@@ -164,18 +190,23 @@ def _saveable(trainable, masks: hat.HatMasks, acc, mf1, root_key) -> dict:
 class _Evaluator:
     """Evaluation over a split: predictions, accuracy, macro-F1 and mean CE."""
 
-    def __init__(self, eval_step, frozen, cfg: ExperimentConfig, key: jax.Array):
-        self.eval_step, self.frozen, self.cfg, self.key = eval_step, frozen, cfg, key
+    def __init__(self, eval_step, frozen, cfg: ExperimentConfig, key: jax.Array, dp: DataParallel):
+        self.eval_step, self.frozen, self.cfg, self.key, self.dp = eval_step, frozen, cfg, key, dp
 
     def __call__(self, trainable, enc: Encoded, task_id: int) -> dict:
         preds = np.zeros(len(enc), np.int32)
         ce_sum = 0.0
         tid = jnp.int32(task_id)
         for i, (batch, idx) in enumerate(
-            batching.eval_batches(enc, self.cfg.train.eval_batch_size, self.cfg.train.buckets)
+            batching.eval_batches(
+                enc,
+                self.cfg.train.eval_batch_size,
+                self.cfg.train.buckets,
+                multiple=self.dp.size,
+            )  # fmt: skip
         ):
             key = jax.random.fold_in(jax.random.fold_in(self.key, task_id), i)
-            out = self.eval_step(trainable, self.frozen, batch, tid, key)
+            out = self.eval_step(trainable, self.frozen, self.dp.shard(batch), tid, key)
             preds[idx] = np.asarray(out["preds"])[: len(idx)]
             ce_sum += float(out["ce_sum"])
         return {
@@ -215,8 +246,15 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
         use_hat=method.hat,
         rngs=rngs,
     )
+    if cfg.model.compute_dtype != "float32":
+        model.encoder.set_compute_dtype(cfg.model.compute_dtype)
     graphdef, trainable, frozen = step.split_model(model)
     del model
+    frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
+    dp = DataParallel.create(cfg.parallel.num_devices, cfg.parallel.distributed)
+    dp.check_batch_size(cfg.train.batch_size, "train.batch_size")
+    dp.check_batch_size(cfg.train.eval_batch_size, "train.eval_batch_size")
+    trainable, frozen = dp.replicate(trainable), dp.replicate(frozen)
     P, D = trainable["plugins"]["w2"][...].shape[0], trainable["plugins"]["w2"][...].shape[2]
     masks = hat.HatMasks.zeros(P, cfg.model.tsm_width, D)
     acc = np.full((T, T), np.nan)
@@ -231,19 +269,22 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
         ),
         donate_argnums=(0, 1),
     )
-    eval_step = jax.jit(step.make_eval_step(graphdef, cfg.hat, cfg.model.eval_router_noise))
+    eval_step = jax.jit(
+        step.make_eval_step(graphdef, cfg.hat, cfg.model.eval_router_noise),
+        out_shardings=dp.replicated,  # predictions readable on every host
+    )
     gates = jax.jit(lambda tr, fr, t: step.task_masks(tr, graphdef, fr, t, cfg.hat.s_max))
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
-    evaluate = _Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2))
-    ctx = _TaskContext(cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer)
+    evaluate = _Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
+    ctx = _TaskContext(cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp)
 
     ckpt = TaskCheckpointer(run_dir / "checkpoints")
     start = 0
     resumed = ckpt.latest_task()
     if resumed is not None:
         state, meta = ckpt.restore(resumed, _saveable(trainable, masks, acc, mf1, root_key))
-        trainable = _unflat(trainable, state["trainable"])
+        trainable = dp.replicate(_unflat(trainable, state["trainable"]))
         masks = hat.HatMasks(
             m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])
         )
@@ -333,6 +374,7 @@ class _TaskContext:
     evaluate: _Evaluator
     train_key: jax.Array
     writer: MetricWriter
+    dp: DataParallel
 
 
 def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
@@ -373,7 +415,8 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
             s = (s_max - 1.0 / s_max) * j / per_epoch + 1.0 / s_max  # spec §5.2, per epoch
             lr = optim.learning_rate(cfg.train, g_step, total)
             trainable, opt_state, m = ctx.train_step(
-                trainable, opt_state, ctx.frozen, batch, tid, jnp.float32(s), jnp.float32(lr),
+                trainable, opt_state, ctx.frozen, ctx.dp.shard(batch), tid, jnp.float32(s),
+                jnp.float32(lr),
                 masks, jax.random.fold_in(ep_key, j),
             )  # fmt: skip
             g_step += 1
