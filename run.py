@@ -58,8 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     _enable_compilation_cache()
     from ctr_jax.data.tasks import DataError
     from ctr_jax.models.bert import BackboneError
+    from ctr_jax.tracking import setup_logging
     from ctr_jax.training.loop import run
 
+    setup_logging(cfg.log_level)
     try:
         for i, c in enumerate(configs):
             if len(configs) > 1:

@@ -93,6 +93,11 @@ class TrainConfig:
     clip_norm: float = 1.0  # per-tensor gradient-norm clip (as BertAdam, spec §5.3.5)
     # Padded sequence lengths; every batch is padded to the smallest bucket that fits it.
     buckets: tuple[int, ...] = (32, 64, 128)
+    # Split a training batch of more padded tokens (rows x length) than this into microbatches
+    # whose gradients are summed inside the step: the same update (up to float order and dropout
+    # draws) with a fraction of the activation memory. e.g. 2048: batches of 32 at length 128 run
+    # as 2 x 16. None = never split.
+    max_batch_tokens: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

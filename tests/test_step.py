@@ -4,7 +4,9 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 from ctr_jax.config import HatConfig, TrainConfig
 from ctr_jax.models import hat
@@ -172,3 +174,51 @@ def test_trainable_paths_are_pinned():
     encoder = [p for p in paths if p.startswith("encoder.")]
     assert len(encoder) == 2 * 2 * 2 and all("_norm." in p for p in encoder)
     assert not any("_norm." in p for p in _leaves(frozen))
+
+
+def test_num_microbatches():
+    assert step.num_microbatches(32, 128, None) == 1
+    assert step.num_microbatches(32, 64, 2048) == 1
+    assert step.num_microbatches(32, 128, 2048) == 2
+    assert step.num_microbatches(32, 128, 1000) == 8  # 4 rows x 128 = 512 tokens; 8 rows is 1024
+    assert step.num_microbatches(6, 10, 25) == 3
+
+
+def test_microbatched_gradients_equal_the_whole_batch():
+    model = tiny_model(num_classes=(2, 2, 2))
+    open_router(model)
+    graphdef, trainable, frozen = step.split_model(model)
+    batch = random_batch(8, 12)
+
+    def loss_fn(tr, mb, i):  # deterministic (eval mode): a sum over the microbatch's rows
+        del i
+        logits, _ = nnx.merge(graphdef, tr, frozen)(
+            mb.input_ids, mb.token_type_ids, mb.attention_mask, jnp.int32(1), jnp.float32(1.0)
+        )
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, mb.labels)
+        return jnp.sum(ce * mb.weight) / 8.0, logits
+
+    (l1, _), g1 = jax.jit(lambda tr: step.accumulate_grads(loss_fn, tr, batch, 1))(trainable)
+    (l4, aux), g4 = jax.jit(lambda tr: step.accumulate_grads(loss_fn, tr, batch, 4))(trainable)
+    assert aux.shape == (4, 2, 2)  # per-microbatch logits, stacked
+    np.testing.assert_allclose(float(l4), float(l1), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g4), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+    assert any(float(jnp.max(jnp.abs(a))) > 0 for a in jax.tree.leaves(g4))
+
+
+def test_microbatching_cuts_the_step_temp_memory():
+    model = tiny_model(num_classes=(2, 2, 2), cfg=TINY_MODEL)
+    graphdef, trainable, frozen = step.split_model(model)
+    tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable))
+    batch = random_batch(16, 64)
+    masks = hat.HatMasks.zeros(4, TINY_MODEL.tsm_width, 32)
+    args = (jnp.int32(1), jnp.float32(1.0), jnp.float32(1e-3), masks, jax.random.key(0))
+
+    def temp(max_tokens):
+        fn = jax.jit(step.make_train_step(graphdef, tx, HAT, max_tokens=max_tokens))
+        compiled = fn.lower(trainable, tx.init(trainable), frozen, batch, *args).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    whole, split = temp(None), temp(256)  # 16 x 64 = 1024 tokens -> 4 microbatches of 4 rows
+    assert split < 0.6 * whole, (split, whole)

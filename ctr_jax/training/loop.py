@@ -265,7 +265,12 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
     tx = optim.make_optimizer(cfg.train, optim.decay_mask(trainable))
     train_step = jax.jit(
         step.make_train_step(
-            graphdef, tx, cfg.hat, use_hat=method.hat, all_heads=method.protocol == "joint"
+            graphdef,
+            tx,
+            cfg.hat,
+            use_hat=method.hat,
+            all_heads=method.protocol == "joint",
+            max_tokens=cfg.train.max_batch_tokens,
         ),
         donate_argnums=(0, 1),
     )

@@ -70,6 +70,39 @@ def _weighted_ce(logits: jax.Array, batch: Batch) -> tuple[jax.Array, jax.Array]
     return jnp.sum(ce * batch.weight), jnp.sum(batch.weight)
 
 
+def num_microbatches(batch_size: int, length: int, max_tokens: int | None) -> int:
+    """Smallest k dividing batch_size with (batch_size / k) * length <= max_tokens (1 if None)."""
+    if max_tokens is None or batch_size * length <= max_tokens:
+        return 1
+    for k in range(2, batch_size + 1):
+        if batch_size % k == 0 and (batch_size // k) * length <= max_tokens:
+            return k
+    return batch_size
+
+
+def accumulate_grads(loss_fn: Callable, params, batch: Batch, k: int):
+    """value_and_grad of a loss that is a sum over examples, in k microbatches.
+
+    loss_fn(params, microbatch, i) -> (loss_i, aux_i), with i the microbatch index ([] int32)
+    and the batch loss = sum_i loss_i. k == 1 is a plain value_and_grad on the whole batch; k > 1
+    scans over the microbatches, so only one microbatch's activations are alive at a time (the
+    temp memory of a step is about 1/k), summing gradients. Returns ((loss, aux stacked [k, ...]
+    or unstacked when k == 1), grads).
+    """
+    if k == 1:
+        return jax.value_and_grad(loss_fn, has_aux=True)(params, batch, jnp.int32(0))
+    mbs = jax.tree.map(lambda x: x.reshape(k, x.shape[0] // k, *x.shape[1:]), batch)
+
+    def body(acc, xs):
+        mb, i = xs
+        (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, i)
+        return jax.tree.map(jnp.add, acc, g), (loss, aux)
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    grads, (losses, aux) = jax.lax.scan(body, zeros, (mbs, jnp.arange(k, dtype=jnp.int32)))
+    return (jnp.sum(losses), aux), grads
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformationExtraArgs,
@@ -77,11 +110,15 @@ def make_train_step(
     *,
     use_hat: bool = True,
     all_heads: bool = False,
+    max_tokens: int | None = None,
 ) -> Callable:
     """Returns the un-jitted train step (jit it with donate_argnums=(0, 1)).
 
     use_hat: add the HAT mask regulariser to the loss (methods without HAT have no gates to
     regularise). all_heads: every task's head is trained (MTL), not only task_id's.
+    max_tokens: split a batch of more padded tokens (rows x length) into microbatches whose
+    gradients are summed (``accumulate_grads``): the same update up to float summation order
+    and dropout draws, with a fraction of the activation memory. None = never split.
     """
 
     def train_step(
@@ -97,26 +134,34 @@ def make_train_step(
     ):
         """One protected update on task `task_id`. Returns (trainable, opt_state, metrics)."""
         dropout_key, router_key = jax.random.split(key)
+        k = num_microbatches(batch.input_ids.shape[0], batch.input_ids.shape[1], max_tokens)
+        n = jnp.maximum(jnp.sum(batch.weight), 1.0)
 
-        def loss_fn(tr):
+        def loss_fn(tr, mb: Batch, i: jax.Array):
+            # Microbatch i's share: its CE sum over the batch's rows, and 1/k of the regulariser.
+            keys = (dropout_key, router_key)
+            if k > 1:
+                keys = tuple(jax.random.fold_in(key_, i) for key_ in keys)
             model = nnx.merge(graphdef, tr, frozen)
             logits, (g1, g2) = model(
-                batch.input_ids,
-                batch.token_type_ids,
-                batch.attention_mask,
+                mb.input_ids,
+                mb.token_type_ids,
+                mb.attention_mask,
                 task_id,
                 s,
-                dropout_key=dropout_key,
-                router_key=router_key,
+                dropout_key=keys[0],
+                router_key=keys[1],
                 straight_through=True,
-                head_ids=batch.task_ids,
+                head_ids=mb.task_ids,
             )
-            ce_sum, n = _weighted_ce(logits, batch)
-            ce = ce_sum / jnp.maximum(n, 1.0)
+            ce_sum, _ = _weighted_ce(logits, mb)
             reg = hat.regulariser(g1, g2, masks) if use_hat else jnp.zeros(())
-            return ce + hat_cfg.reg_weight * reg, (ce, reg, logits)
+            return ce_sum / n + hat_cfg.reg_weight * reg / k, (ce_sum, reg, logits)
 
-        (loss, (ce, reg, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+        (loss, (ce_sum, reg, logits)), grads = accumulate_grads(loss_fn, trainable, batch, k)
+        ce = jnp.sum(ce_sum) / n
+        reg = jnp.mean(reg)  # the same value in every microbatch
+        logits = logits.reshape(-1, logits.shape[-1])
         grads = _map_embeddings(
             lambda g, e: g * hat.compensation(e, s, hat_cfg.s_max, hat_cfg.cosh_clip),
             grads,
