@@ -24,8 +24,8 @@ import subprocess
 import sys
 import time
 
-ROW_FIELDS = ("method", "capacity", "padding", "dtype", "compile_s", "train_ex_s", "eval_ex_s",
-              "peak_rss_mb")  # fmt: skip
+ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "compile_s", "train_ex_s",
+              "eval_ex_s", "peak_rss_mb")  # fmt: skip
 
 
 def _batches(padding: str, n_train: int, n_eval: int):
@@ -55,7 +55,15 @@ def _batches(padding: str, n_train: int, n_eval: int):
     return [train[i] for i in order], [evals[i] for i in eval_order]
 
 
-def run_row(method: str, capacity: int, padding: str, steps: int, dtype: str, width: int) -> dict:
+def run_row(
+    method: str,
+    capacity: int,
+    padding: str,
+    steps: int,
+    dtype: str,
+    width: int,
+    max_tokens: int | None = None,
+) -> dict:
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -79,7 +87,8 @@ def run_row(method: str, capacity: int, padding: str, steps: int, dtype: str, wi
     train_cfg, hat_cfg = TrainConfig(), HatConfig()
     tx = optim.make_optimizer(train_cfg, optim.decay_mask(trainable))
     train_step = jax.jit(
-        step.make_train_step(graphdef, tx, hat_cfg, use_hat=m.hat), donate_argnums=(0, 1)
+        step.make_train_step(graphdef, tx, hat_cfg, use_hat=m.hat, max_tokens=max_tokens),
+        donate_argnums=(0, 1),
     )
     eval_step = jax.jit(step.make_eval_step(graphdef, hat_cfg, False))
     P, D = 2 * encoder.config.num_hidden_layers, encoder.config.hidden_size
@@ -117,6 +126,7 @@ def run_row(method: str, capacity: int, padding: str, steps: int, dtype: str, wi
     eval_ex_s = n / (time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return dict(method=method, capacity=capacity, padding=padding, dtype=dtype,
+                max_tokens=max_tokens,
                 compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
                 eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak))  # fmt: skip
 
@@ -129,6 +139,7 @@ def main() -> None:
     p.add_argument("--dtype", nargs="+", default=["float32"])
     p.add_argument("--steps", type=int, default=12, help="timed train steps per row")
     p.add_argument("--tsm-width", type=int, default=2000)
+    p.add_argument("--max-tokens", type=int, help="train.max_batch_tokens (microbatching)")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
     args = p.parse_args()
@@ -148,7 +159,8 @@ def main() -> None:
             for padding in args.padding:
                 for dtype in args.dtype:
                     spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
-                                dtype=dtype, width=args.tsm_width)  # fmt: skip
+                                dtype=dtype, width=args.tsm_width,
+                                max_tokens=args.max_tokens)  # fmt: skip
                     proc = subprocess.run(
                         [sys.executable, __file__, "--row", json.dumps(spec)],
                         capture_output=True, text=True,
