@@ -5,9 +5,10 @@
 
 Every row runs in a fresh subprocess so its peak RSS is its own. Batches are real ASC batches
 (default backbone, order 0 training sets pooled, batch 32; eval: test sets, batch 128), either
-padded to the smallest bucket of (32, 64, 128) ("bucketed") or all to 128 ("128"). A row first
-compiles every padded length it will meet (compile_s is that total, train + eval), then times
-`--steps` train steps and the eval batches over the same mix of lengths.
+padded to the smallest bucket of (32, 64, 128) ("bucketed"), of (16, 24, 32, 48, 64, 96, 128)
+("fine") or all to 128 ("128"). A row first compiles every padded length it will meet
+(compile_s is that total, train + eval), then times `--steps` train steps and the eval batches
+over the same mix of lengths.
 
 Columns: method, capacity T (task slots in the model; the current task is T - 1, so the KSM of
 CTR and B-CL works over all T tasks), padding, compile_s, train_ex_s, eval_ex_s, peak_rss_mb.
@@ -24,6 +25,11 @@ import subprocess
 import sys
 import time
 
+PADDINGS = {  # --padding choices: the padded lengths a batch may get
+    "bucketed": (32, 64, 128),  # TrainConfig.buckets' default
+    "fine": (16, 24, 32, 48, 64, 96, 128),  # more lengths: less padding, more compilations
+    "128": (128,),  # the original's fixed padding
+}
 ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "compile_s", "train_ex_s",
               "eval_ex_s", "peak_rss_mb")  # fmt: skip
 
@@ -40,7 +46,7 @@ def _batches(padding: str, n_train: int, n_eval: int):
 
     tasks = load_benchmark("asc", resolve_data_root(None), 0)
     text = TextEncoder(resolve_backbone(None), 128)
-    buckets = (32, 64, 128) if padding == "bucketed" else (128,)
+    buckets = PADDINGS[padding]
     rng = np.random.default_rng(0)
     train = []
     for task in tasks:  # a few batches of every task: the run's mix of lengths
@@ -135,7 +141,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["ctr", "ncl"])
     p.add_argument("--capacity", type=int, nargs="+", default=[1, 5, 10, 19])
-    p.add_argument("--padding", nargs="+", default=["bucketed", "128"])
+    p.add_argument("--padding", nargs="+", default=["bucketed", "128"], choices=list(PADDINGS))
     p.add_argument("--dtype", nargs="+", default=["float32"])
     p.add_argument("--steps", type=int, default=12, help="timed train steps per row")
     p.add_argument("--tsm-width", type=int, default=2000)

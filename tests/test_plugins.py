@@ -173,11 +173,12 @@ def test_conv_relu_maxpool_matches_autodiff():
     from ctr_jax.models.plugins import conv_relu_maxpool
 
     k = jax.random.split(jax.random.key(3), 4)
-    win = jax.random.normal(k[0], (3, 4, 7, 6))
-    kernel = jax.random.normal(k[1], (4, 6, 5))
-    bias = jax.random.normal(k[2], (3, 5)) - 1.0  # some channels die everywhere
-    valid = jnp.arange(7)[None, :] < jnp.array([7, 4, 1])[:, None]
-    w = jax.random.normal(k[3], (3, 4, 5))
+    win = jax.random.normal(k[0], (4, 5, 7, 6))  # [B, T, L', W]
+    kernel = jax.random.normal(k[1], (5, 6, 3))  # [T, W, F]
+    bias = jax.random.normal(k[2], (4, 3)) - 1.0  # [B, F]; some channels die everywhere
+    # The last example has no valid position (a text shorter than the kernel): output 0.
+    valid = jnp.arange(7)[None, :] < jnp.array([7, 4, 1, 0])[:, None]
+    w = jax.random.normal(k[3], (4, 5, 3))
     ours = conv_relu_maxpool(win, kernel, bias, valid)
     ref = _crm_reference(win, kernel, bias, valid)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), atol=1e-6)
@@ -191,3 +192,5 @@ def test_conv_relu_maxpool_matches_autodiff():
     for a, b in zip(g_ours, g_ref, strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
     assert np.all(np.asarray(g_ours[0])[2, :, 1:] == 0.0)  # masked positions get no gradient
+    assert np.all(np.asarray(ours)[3] == 0.0) and np.all(np.asarray(g_ours[0])[3] == 0.0)
+    assert np.all(np.isfinite(np.asarray(g_ours[1])))
