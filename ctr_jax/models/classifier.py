@@ -94,10 +94,16 @@ class CTRClassifier(nnx.Module):
         if dropout_key is not None:
             enc_key, pool_key = jax.random.split(dropout_key)
 
+        # Per-plugin slices by one split per array (see CLPlugins.unstack for why).
+        params = self.plugins.unstack()
+        P = self.num_plugins
+        g1s, g2s = jnp.split(g1, P, axis=0), jnp.split(g2, P, axis=0)
+
         def plugin(layer: int, site: str, x: jax.Array) -> jax.Array:
             p = 2 * layer + (site == "ffn")
             key = None if router_key is None else jax.random.fold_in(router_key, p)
-            return self.plugins(p, x, mask, task_id, g1[p], g2[p], key, straight_through)
+            prm, a, b = params[p], g1s[p][0], g2s[p][0]
+            return self.plugins(prm, x, mask, task_id, a, b, key, straight_through)
 
         _, pooled = self.encoder(
             input_ids, token_type_ids, attention_mask, dropout_key=enc_key, plugin=plugin

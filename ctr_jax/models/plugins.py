@@ -43,7 +43,8 @@ F CNN filters, A TSM width, P plugins.
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Mapping
+from typing import Literal, Union
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +53,11 @@ from flax import nnx
 from ctr_jax.config import ModelConfig
 from ctr_jax.models import hat
 from ctr_jax.models.variables import CapsuleParam, PluginParam, TaskEmbedding
+
+Params = Mapping[str, jax.Array]
+"""One plugin's parameters: the stacked arrays' slice p, by attribute name (``unstack``)."""
+PluginRef = Union[int, Params]  # noqa: UP007 (a runtime alias)
+"""A plugin index p, or that plugin's parameters from ``CLPlugins.unstack()``."""
 
 _INIT_STD = 0.02  # BERT's initializer_range: HF re-initialises the plugin Linears with it (spec §4)
 
@@ -255,23 +261,24 @@ class CLPlugins(nnx.Module):
         self.dec_w = PluginParam(_uniform(rngs, (P, code, 2), dec_bound))
         self.dec_b = PluginParam(_uniform(rngs, (P, 2), dec_bound), decay=False)
 
-    def task_capsules(self, p: int, x: jax.Array, task_id: jax.Array) -> jax.Array:
+    def task_capsules(self, p: PluginRef, x: jax.Array, task_id: jax.Array) -> jax.Array:
         """TK-Layer of plugin p. x: [B, L, D] -> squashed capsules [B, L, T, C]."""
+        prm = self._params(p)
         T = self.num_tasks
         if self.cfg.capsule_layers == 2:
             # No nonlinearity between the two layers (spec §3.1), so fold them into one map.
-            w2 = self.caps_w2[p]  # [T, M, C]
-            w = jnp.einsum("tdm,tmc->dtc", self.caps_w1[p], w2)  # [D, T, C]
-            b = jnp.einsum("tm,tmc->tc", self.caps_b1[p], w2) + self.caps_b2[p]  # [T, C]
+            w2 = prm["caps_w2"]  # [T, M, C]
+            w = jnp.einsum("tdm,tmc->dtc", prm["caps_w1"], w2)  # [D, T, C]
+            b = jnp.einsum("tm,tmc->tc", prm["caps_b1"], w2) + prm["caps_b2"]  # [T, C]
         else:
-            w = jnp.transpose(self.caps_w1[p], (1, 0, 2))  # [D, T, C]
-            b = self.caps_b1[p]
+            w = jnp.transpose(prm["caps_w1"], (1, 0, 2))  # [D, T, C]
+            b = prm["caps_b1"]
         u = jnp.einsum("bld,dtc->bltc", x, w) + b  # [B, L, T, C]
         active = (jnp.arange(T) <= task_id).astype(u.dtype)  # [T]
         u = u * active[:, None]
         return squash(u, axis=2)  # over the task axis (spec §10.2)
 
-    def _folded_kernel(self, p: int, prefix: str, k: int, route_t: jax.Array) -> jax.Array:
+    def _folded_kernel(self, prm: Params, prefix: str, k: int, route_t: jax.Array) -> jax.Array:
         """Conv kernel of plugin p folded with the routing matrices of each task.
 
         The CNN reads Phi_k = U_k R_k (R_k = W_route[:, k] as a [C, N*C] map), which is linear in
@@ -279,13 +286,13 @@ class CLPlugins(nnx.Module):
         convolving the 9-channel Phi. route_t: [..., C, N*C] -> kernel [..., k * C, F].
         """
         F = self.cfg.cnn_filters
-        w = getattr(self, f"{prefix}{k}_w")[p].reshape(k, -1, F)  # [k, N*C, F]
+        w = prm[f"{prefix}{k}_w"].reshape(k, -1, F)  # [k, N*C, F]
         folded = jnp.einsum("...cj,ijf->...icf", route_t, w)  # [..., k, C, F]
         return folded.reshape(*folded.shape[:-3], k * folded.shape[-2], F)
 
     def ksm(
         self,
-        p: int,
+        p: PluginRef,
         x: jax.Array,
         mask: jax.Array,
         task_id: jax.Array,
@@ -293,22 +300,26 @@ class CLPlugins(nnx.Module):
         straight_through: bool,
     ) -> jax.Array:
         """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] -> [B, L, D]."""
+        p = self._params(p)
         if self.ksm_kind == "dynamic":
             return self.dynamic_ksm(p, x, mask, task_id)
         return self.transfer_ksm(p, x, mask, task_id, router_key, straight_through)
 
-    def dynamic_ksm(self, p: int, x: jax.Array, mask: jax.Array, task_id: jax.Array) -> jax.Array:
+    def dynamic_ksm(
+        self, p: PluginRef, x: jax.Array, mask: jax.Array, task_id: jax.Array
+    ) -> jax.Array:
         """B-CL's KSM of plugin p: task capsules + dynamic routing. x: [B, L, D] -> [B, L, D]."""
+        prm = self._params(p)
         B, L, _ = x.shape
         T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
-        u = self.task_capsules(p, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
-        pre = jnp.einsum("bltc,ntce->bltne", u, self.route[p])  # [B, L, T, N, C]
+        u = self.task_capsules(prm, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
+        pre = jnp.einsum("bltc,ntce->bltne", u, prm["route"])  # [B, L, T, N, C]
         votes, _ = dynamic_routing(pre, jnp.arange(T) <= task_id, self.cfg.routing_iters)
-        return votes.reshape(B, L, N * C) @ self.big_w[p] + self.big_b[p]  # [B, L, D]
+        return votes.reshape(B, L, N * C) @ prm["big_w"] + prm["big_b"]  # [B, L, D]
 
     def transfer_ksm(
         self,
-        p: int,
+        p: PluginRef,
         x: jax.Array,
         mask: jax.Array,
         task_id: jax.Array,
@@ -316,11 +327,12 @@ class CLPlugins(nnx.Module):
         straight_through: bool,
     ) -> jax.Array:
         """CTR's KSM of plugin p (transfer routing). x: [B, L, D], mask: [B, L] -> [B, L, D]."""
+        prm = self._params(p)
         B, L, _ = x.shape
         T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
         # Zeroed padding makes every valid conv window identical at any padded length.
-        u = self.task_capsules(p, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
-        route = self.route[p]  # [N, T, C, C]
+        u = self.task_capsules(prm, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
+        route = prm["route"]  # [N, T, C, C]
         pre = jnp.einsum("bltc,ntce->bltne", u, route)  # [B, L, T, N, C] pre-route vectors
         # R[k, c, n*C + e] = route[n, k, c, e]: Phi_k = U_k @ R[k].
         r = jnp.transpose(route, (1, 2, 0, 3)).reshape(T, C, N * C)  # [T, C, N*C]
@@ -332,27 +344,54 @@ class CLPlugins(nnx.Module):
             pad = k - 2  # the original pads the current-task convs by k - 2 on both sides
             win = _windows(jnp.pad(u_t, ((0, 0), (pad, pad), (0, 0))), k)  # [B, L + k - 3, k*C]
             valid = jnp.arange(win.shape[1])[None, :] <= (n + k - 4)[:, None]  # same as length n
-            bias = jnp.broadcast_to(getattr(self, f"conv_cur{k}_b")[p], (B, self.cfg.cnn_filters))
-            kernel = self._folded_kernel(p, "conv_cur", k, r_t)[None]  # [1, k*C, F]
+            bias = jnp.broadcast_to(prm[f"conv_cur{k}_b"], (B, self.cfg.cnn_filters))
+            kernel = self._folded_kernel(prm, "conv_cur", k, r_t)[None]  # [1, k*C, F]
             codes.append(conv_relu_maxpool(win[:, None], kernel, bias, valid)[:, 0])  # [B, F]
-        cur = jnp.concatenate(codes, axis=-1) @ self.cur_w[p] + self.cur_b[p]  # [B, F]
+        cur = jnp.concatenate(codes, axis=-1) @ prm["cur_w"] + prm["cur_b"]  # [B, F]
         u_k = jnp.swapaxes(u, 1, 2)  # [B, T, L, C]
         feats = []
         for k in self.cfg.cnn_kernels:
-            kernel = self._folded_kernel(p, "conv_src", k, r)  # [T, k*C, F]
+            kernel = self._folded_kernel(prm, "conv_src", k, r)  # [T, k*C, F]
             win = _windows(u_k, k)  # [B, T, L - k + 1, k*C]
-            bias = getattr(self, f"conv_src{k}_b")[p] + cur  # [B, F]
+            bias = prm[f"conv_src{k}_b"] + cur  # [B, F]
             valid = jnp.arange(win.shape[2])[None, :] <= (n - k)[:, None]  # [B, L - k + 1]
             feats.append(conv_relu_maxpool(win, kernel, bias, valid))  # [B, T, F]
         z = jnp.concatenate(feats, axis=-1)  # [B, T, 3F]
-        sim = z @ self.sim_w[p] + self.sim_b[p]  # [B, T, N*C]
+        sim = z @ prm["sim_w"] + prm["sim_b"]  # [B, T, N*C]
         delta = hard_gumbel_gate(
-            z @ self.dec_w[p] + self.dec_b[p], router_key, self.cfg.router_tau, straight_through
+            z @ prm["dec_w"] + prm["dec_b"], router_key, self.cfg.router_tau, straight_through
         )  # [B, T]
         causal = (jnp.arange(T) <= task_id).astype(x.dtype)  # [T]
         weight = sim.reshape(B, T, N, C) * (delta * causal)[:, :, None, None]  # [B, T, N, C]
         v = jnp.einsum("btnc,bltnc->blnc", weight, pre)  # [B, L, N, C]
-        return v.reshape(B, L, N * C) @ self.big_w[p] + self.big_b[p]  # [B, L, D]
+        return v.reshape(B, L, N * C) @ prm["big_w"] + prm["big_b"]  # [B, L, D]
+
+    def _stacked_names(self) -> list[str]:
+        """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
+        which ``gates`` reads for all plugins at once)."""
+        return [
+            name for name, v in vars(self).items() if isinstance(v, (PluginParam, CapsuleParam))
+        ]
+
+    def unstack(self) -> list[dict[str, jax.Array]]:
+        """Every plugin's parameters, one ``jnp.split`` per stacked array: P dicts of slices.
+
+        Why not ``self.w1[p]`` inside each plugin: the transpose of a static index is a pad, so
+        the backward pass built P zero-padded full-size gradients of every stacked parameter and
+        summed them (at TSM width 2000, 12 x 37 MB for w1 alone: most of a train step's
+        temporary memory). The transpose of one split is one concatenate.
+        """
+        P = self.w1.shape[0]
+        parts = {
+            name: jnp.split(getattr(self, name)[...], P, axis=0) for name in self._stacked_names()
+        }
+        return [{name: part[p][0] for name, part in parts.items()} for p in range(P)]
+
+    def _params(self, p: PluginRef) -> Params:
+        """Plugin p's parameters (an index is sliced here: fine outside a differentiated loop)."""
+        if isinstance(p, int):
+            return {name: getattr(self, name)[p] for name in self._stacked_names()}
+        return p
 
     def gates(self, task_id: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
         """HAT gates of all plugins for task `task_id` at scale s: ([P, A], [P, D]).
@@ -366,7 +405,7 @@ class CLPlugins(nnx.Module):
 
     def __call__(
         self,
-        p: int,
+        p: PluginRef,
         x: jax.Array,
         mask: jax.Array,
         task_id: jax.Array,
@@ -376,9 +415,10 @@ class CLPlugins(nnx.Module):
         straight_through: bool,
     ) -> jax.Array:
         """Plugin p. x: [B, L, D], mask: [B, L] (1 = token), g1: [A], g2: [D] -> [B, L, D]."""
+        prm = self._params(p)
         h = x
         if self.ksm_kind is not None:
-            h = x + self.ksm(p, x, mask, task_id, router_key, straight_through)
-        a1 = jax.nn.relu(h @ self.w1[p] + self.b1[p]) * g1  # [B, L, A]
-        a2 = jax.nn.relu(a1 @ self.w2[p] + self.b2[p]) * g2  # [B, L, D]
+            h = x + self.ksm(prm, x, mask, task_id, router_key, straight_through)
+        a1 = jax.nn.relu(h @ prm["w1"] + prm["b1"]) * g1  # [B, L, A]
+        a2 = jax.nn.relu(a1 @ prm["w2"] + prm["b2"]) * g2  # [B, L, D]
         return x + a2

@@ -19,6 +19,8 @@ the resolved config; a rerun with a different config is refused.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import dataclasses
 import json
 import logging
@@ -148,6 +150,17 @@ def _diff_keys(old, new, defaults, prefix=""):
         return
     elif old != new:
         yield prefix.rstrip(".")
+
+
+def _release_heap() -> None:
+    """Hands freed heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
+
+    Why: compiling a train step makes XLA's CPU compiler allocate and free about 0.7 GB
+    (width 2000, measured), and glibc keeps those pages mapped, so the run's resident memory
+    stayed that much higher for hours. Called once per epoch: it costs milliseconds.
+    """
+    with contextlib.suppress(OSError, AttributeError):  # not glibc (macOS, musl)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _cast_kernels(frozen: nnx.State, dtype: str) -> nnx.State:
@@ -436,6 +449,7 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
                 )  # fmt: skip
         dt = time.perf_counter() - t0
         dev_ce, dev_acc = _dev_scores(ctx, trainable, encoded, phase)
+        _release_heap()  # after the epoch's compilations, if any
         dev_loss = dev_ce
         if method.hat:
             g1, g2 = ctx.gates(trainable, ctx.frozen, tid)
