@@ -163,6 +163,14 @@ def _release_heap() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+def _add_metrics(sums: dict[str, float], pending: list[dict[str, jax.Array]]) -> None:
+    """Adds the steps' metrics (mean loss, correct, n) to ``sums`` and empties ``pending``."""
+    for m in jax.device_get(pending):
+        for k in sums:
+            sums[k] += float(m[k]) * (float(m["n"]) if k == "loss" else 1.0)
+    pending.clear()
+
+
 def _cast_kernels(frozen: nnx.State, dtype: str) -> nnx.State:
     """Stores the frozen dense kernels in `dtype` once, instead of casting them every step."""
     if dtype == "float32":
@@ -428,6 +436,7 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
         t0 = time.perf_counter()
         sums = {"loss": 0.0, "correct": 0.0, "n": 0.0}
         last_log = t0
+        pending: list[dict[str, jax.Array]] = []
         batches = batching.train_batches(train_enc, bs, cfg.train.buckets, rng, train_ids)
         for j, batch in enumerate(batches):
             s = (s_max - 1.0 / s_max) * j / per_epoch + 1.0 / s_max  # spec §5.2, per epoch
@@ -438,15 +447,16 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
                 masks, jax.random.fold_in(ep_key, j),
             )  # fmt: skip
             g_step += 1
-            for k in sums:
-                sums[k] += float(m[k]) * (float(m["n"]) if k == "loss" else 1.0)
+            pending.append(m)  # read later: a read now would stall an accelerator every step
             if time.perf_counter() - last_log > _PROGRESS_EVERY_S:
+                _add_metrics(sums, pending)
                 last_log = time.perf_counter()
                 log.info(
                     "task %d/%d %s epoch %d/%d step %d/%d: loss %.4f | %.1f ex/s",
                     t + 1, T, name, epoch + 1, epochs, j + 1, per_epoch,
                     sums["loss"] / max(sums["n"], 1.0), sums["n"] / (last_log - t0),
                 )  # fmt: skip
+        _add_metrics(sums, pending)
         dt = time.perf_counter() - t0
         dev_ce, dev_acc = _dev_scores(ctx, trainable, encoded, phase)
         _release_heap()  # after the epoch's compilations, if any
