@@ -11,7 +11,8 @@ padded to the smallest bucket of (32, 64, 128) ("bucketed"), of (16, 24, 32, 48,
 over the same mix of lengths.
 
 Columns: method, capacity T (task slots in the model; the current task is T - 1, so the KSM of
-CTR and B-CL works over all T tasks), padding, compile_s, train_ex_s, eval_ex_s, peak_rss_mb.
+CTR and B-CL works over all T tasks), padding, compile_s, train_ex_s, eval_ex_s, peak_rss_mb
+(host), device_peak_mb (accelerator memory high-water mark, from the allocator; "-" on CPU).
 Prints a Markdown table; --json writes the rows too.
 """
 
@@ -30,8 +31,8 @@ PADDINGS = {  # --padding choices: the padded lengths a batch may get
     "fine": (16, 24, 32, 48, 64, 96, 128),  # more lengths: less padding, more compilations
     "128": (128,),  # the original's fixed padding
 }
-ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "compile_s", "train_ex_s",
-              "eval_ex_s", "peak_rss_mb")  # fmt: skip
+ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "unroll", "compile_s",
+              "train_ex_s", "eval_ex_s", "peak_rss_mb", "device_peak_mb")  # fmt: skip
 
 
 def _batches(padding: str, n_train: int, n_eval: int):
@@ -69,6 +70,7 @@ def run_row(
     dtype: str,
     width: int,
     max_tokens: int | None = None,
+    unroll: int = 1,
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -88,6 +90,7 @@ def run_row(
     model = CTRClassifier(encoder, [3] * capacity, cfg, ksm=m.ksm, use_hat=m.hat, rngs=nnx.Rngs(0))
     if dtype != "float32":
         model.encoder.set_compute_dtype(dtype)
+    model.encoder.scan_unroll = unroll
     graphdef, trainable, frozen = step.split_model(model)
     frozen = _cast_kernels(frozen, dtype)
     train_cfg, hat_cfg = TrainConfig(), HatConfig()
@@ -131,10 +134,13 @@ def run_row(
     jax.block_until_ready(out)
     eval_ex_s = n / (time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
+    dev_peak = round(stats["peak_bytes_in_use"] / 2**20) if "peak_bytes_in_use" in stats else "-"
     return dict(method=method, capacity=capacity, padding=padding, dtype=dtype,
-                max_tokens=max_tokens,
+                max_tokens=max_tokens, unroll=unroll,
                 compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
-                eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak))  # fmt: skip
+                eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak),
+                device_peak_mb=dev_peak)  # fmt: skip
 
 
 def main() -> None:
@@ -146,6 +152,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="timed train steps per row")
     p.add_argument("--tsm-width", type=int, default=2000)
     p.add_argument("--max-tokens", type=int, help="train.max_batch_tokens (microbatching)")
+    p.add_argument("--unroll", type=int, default=1, help="model.scan_unroll")
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
     args = p.parse_args()
@@ -166,7 +173,7 @@ def main() -> None:
                 for dtype in args.dtype:
                     spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
                                 dtype=dtype, width=args.tsm_width,
-                                max_tokens=args.max_tokens)  # fmt: skip
+                                max_tokens=args.max_tokens, unroll=args.unroll)  # fmt: skip
                     proc = subprocess.run(
                         [sys.executable, __file__, "--row", json.dumps(spec)],
                         capture_output=True, text=True,

@@ -68,6 +68,9 @@ class ModelConfig:
     # Matmul dtype of the frozen encoder's dense layers ("bfloat16" on GPU/TPU: about 2x faster
     # there). Accumulation, LayerNorms, plugins, masks and optimizer state stay float32.
     compute_dtype: Literal["float32", "bfloat16"] = "float32"
+    # Encoder layers per iteration of its layer scan: 1 compiles one layer (fastest compile,
+    # least compiler memory); the layer count unrolls it fully (benchmarks/RESULTS.md).
+    scan_unroll: int = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -140,22 +140,41 @@ def test_shapes_with_and_without_dropout(tiny):
 
 def test_identity_plugin_is_exact_and_called_per_site(tiny):
     batch = _tiny_batch()
-    calls: list[tuple[int, str, tuple[int, ...]]] = []
-
-    def plugin(layer: int, site: str, x: jax.Array) -> jax.Array:
-        calls.append((layer, site, x.shape))
-        return x
-
-    chex.assert_trees_all_equal(_apply(tiny, batch, plugin=plugin), _apply(tiny, batch))
     layers = tiny.config.num_hidden_layers
-    assert calls == [(i, s, (3, 9, 32)) for i in range(layers) for s in ("attn", "ffn")]
+    calls: list[tuple[str, tuple[int, ...]]] = []
+
+    def plugin(layer: jax.Array, site: str, x: jax.Array, xs: jax.Array) -> jax.Array:
+        calls.append((site, x.shape))  # traced once per site, inside the layer scan
+        # xs is this layer's slice of plugin_xs: adds 0 iff it equals the layer index.
+        return x + (xs != layer).astype(x.dtype)
+
+    xs = jnp.arange(layers, dtype=jnp.int32)
+    out = tiny(*batch, plugin=plugin, plugin_xs=xs)
+    chex.assert_trees_all_equal(out, _apply(tiny, batch))
+    assert calls == [("attn", (3, 9, 32)), ("ffn", (3, 9, 32))]
 
 
 def test_plugin_output_is_used(tiny):
     batch = _tiny_batch()
     h, _ = _apply(tiny, batch)
-    h2, _ = _apply(tiny, batch, plugin=lambda i, s, x: x + (i == 1 and s == "ffn"))
+    h2, _ = _apply(tiny, batch, plugin=lambda i, s, x, xs: x + (i == 1) * (s == "ffn"))
     assert not np.allclose(h, h2)
+    # Only the last layer's ffn site moved: the same change at layer 0 gives another output.
+    h3, _ = _apply(tiny, batch, plugin=lambda i, s, x, xs: x + (i == 0) * (s == "ffn"))
+    assert not np.allclose(h2, h3)
+
+
+def test_unrolled_layer_scan_gives_the_same_output(tiny):
+    batch = _tiny_batch()
+    key = jax.random.key(3)
+    plugin = lambda i, s, x, xs: x * (1.0 + 0.1 * i) + (s == "ffn")  # noqa: E731
+    ref = _apply(tiny, batch, key=key, plugin=plugin)
+    tiny.scan_unroll = tiny.config.num_hidden_layers
+    try:
+        out = _apply(tiny, batch, key=key, plugin=plugin)
+    finally:
+        tiny.scan_unroll = 1
+    chex.assert_trees_all_close(out, ref, atol=1e-6)
 
 
 def test_variable_types(tiny):
@@ -163,22 +182,14 @@ def test_variable_types(tiny):
     layers = tiny.config.num_hidden_layers
     assert len(jax.tree.leaves(ln)) == 2 * layers * 2  # 2 LayerNorms x (scale, bias) per layer
     assert len(jax.tree.leaves(rest)) == 0
-    # embeddings 3 + embedding LN 2 + pooler 2 + per layer 6 dense x (kernel, bias)
-    assert len(jax.tree.leaves(frozen)) == 7 + 12 * layers
+    # embeddings 3 + embedding LN 2 + pooler 2 + 6 dense x (kernel, bias), stacked over layers
+    assert len(jax.tree.leaves(frozen)) == 7 + 12
+    assert tiny.weights.query.kernel.shape == (layers, 32, 32)
 
 
 # ------------------------------------------------------------------------------------------
 # Weight import and errors
 # ------------------------------------------------------------------------------------------
-
-
-def _hf_tensors(model: BertEncoder) -> dict[str, np.ndarray]:
-    """The model's weights under HF BertModel key names (kernels transposed back)."""
-    out = {}
-    for var, name, transpose in bert._hf_layout(model):
-        arr = np.asarray(var[...])
-        out[name] = np.ascontiguousarray(arr.T if transpose else arr)
-    return out
 
 
 def _write_folder(folder: Path, config: BertConfig, tensors: dict[str, np.ndarray]) -> Path:
@@ -191,7 +202,7 @@ def _write_folder(folder: Path, config: BertConfig, tensors: dict[str, np.ndarra
 
 
 def test_round_trip_bare_keys(tiny, tmp_path):
-    folder = _write_folder(tmp_path / "m", tiny.config, _hf_tensors(tiny))
+    folder = _write_folder(tmp_path / "m", tiny.config, bert.hf_tensors(tiny))
     loaded = load_pretrained(folder)
     batch = _tiny_batch()
     chex.assert_trees_all_equal(_apply(loaded, batch), _apply(tiny, batch))
@@ -199,7 +210,7 @@ def test_round_trip_bare_keys(tiny, tmp_path):
 
 def test_round_trip_prefixed_old_names_extra_keys(tiny, tmp_path):
     tensors = {}
-    for name, arr in _hf_tensors(tiny).items():
+    for name, arr in bert.hf_tensors(tiny).items():
         name = name.replace("LayerNorm.weight", "LayerNorm.gamma")
         tensors["bert." + name.replace("LayerNorm.bias", "LayerNorm.beta")] = arr
     tensors["cls.predictions.bias"] = np.zeros(100, np.float32)
@@ -221,7 +232,7 @@ def test_non_bert_config(tmp_path):
 
 
 def test_unsupported_activation(tmp_path, tiny):
-    folder = _write_folder(tmp_path, tiny.config, _hf_tensors(tiny))
+    folder = _write_folder(tmp_path, tiny.config, bert.hf_tensors(tiny))
     raw = json.loads((folder / "config.json").read_text())
     (folder / "config.json").write_text(json.dumps({**raw, "hidden_act": "relu"}))
     with pytest.raises(BackboneError, match="hidden_act"):
@@ -229,7 +240,7 @@ def test_unsupported_activation(tmp_path, tiny):
 
 
 def test_missing_weights_file(tmp_path, tiny):
-    folder = _write_folder(tmp_path, tiny.config, _hf_tensors(tiny))
+    folder = _write_folder(tmp_path, tiny.config, bert.hf_tensors(tiny))
     (folder / "model.safetensors").unlink()
     with pytest.raises(BackboneError, match="model.safetensors not found"):
         load_pretrained(folder)
@@ -239,7 +250,7 @@ def test_missing_weights_file(tmp_path, tiny):
 
 
 def test_shape_mismatch(tmp_path, tiny):
-    tensors = _hf_tensors(tiny)
+    tensors = bert.hf_tensors(tiny)
     key = "encoder.layer.1.intermediate.dense.weight"
     tensors[key] = np.zeros((64, 31), np.float32)
     with pytest.raises(BackboneError, match=rf"{key}.*\(64, 31\).*\(64, 32\)"):
@@ -247,7 +258,7 @@ def test_shape_mismatch(tmp_path, tiny):
 
 
 def test_missing_key(tmp_path, tiny):
-    tensors = _hf_tensors(tiny)
+    tensors = bert.hf_tensors(tiny)
     del tensors["encoder.layer.0.attention.self.value.bias"]
     with pytest.raises(
         BackboneError, match=r"model\.safetensors.*layer\.0\.attention\.self\.value"

@@ -11,11 +11,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import jax
 import numpy as np
 from flax import nnx
 
-from ctr_jax.models.bert import BertConfig, BertEncoder, _hf_layout
+from ctr_jax.models.bert import BertConfig, BertEncoder, hf_tensors
 
 _SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 _WORDS = (
@@ -32,11 +31,7 @@ def write_tiny_backbone(folder: Path, seed: int = 0, **config_overrides) -> Path
     vocab = _SPECIAL + _WORDS
     config = BertConfig.tiny(vocab_size=len(vocab), **config_overrides)
     model = BertEncoder(config, rngs=nnx.Rngs(seed))
-    tensors = {}
-    for var, name, transpose in _hf_layout(model):
-        arr = np.asarray(jax.device_get(var.get_value()), np.float32)
-        tensors[name] = np.ascontiguousarray(arr.T if transpose else arr)
-    save_file(tensors, str(folder / "model.safetensors"))
+    save_file(hf_tensors(model), str(folder / "model.safetensors"))
     hf = {
         "model_type": "bert",
         "architectures": ["BertModel"],

@@ -6,17 +6,20 @@ unchanged; ``tests/test_bert.py`` pins parity with transformers on a stored fixt
 is written with explicit kernel arrays instead of ``nnx.Linear`` / ``nnx.LayerNorm`` so that the
 variable *type* says what is trained (``variables.py``): the pretrained weights are ``BertParam``
 (frozen) and the two LayerNorms inside each transformer layer are ``LayerNormParam`` (trained by
-CTR). Kernels are stored as ``[in, out]``, i.e. the HF ``weight`` transposed.
+CTR). Kernels are stored as ``[in, out]``, i.e. the HF ``weight`` transposed; the per-layer
+dense weights are stacked ``[num_layers, in, out]`` (``LayerWeights``) and the layers run as one
+``lax.scan`` (one layer compiled, not num_layers copies).
 
-The CL-plugins enter through one hook, ``plugin(layer, site, x)``, called on the output of the
+The CL-plugins enter through one hook, ``plugin(layer, site, x, xs)``, called on the output of the
 attention-output dense (site ``"attn"``) and of the FFN-output dense (site ``"ffn"``), after their
 dropout and before the residual + LayerNorm (spec §2)::
 
     d_a = Dropout(MHSA(h) W_O + b_O);  g = LN_attn(plugin(l, "attn", d_a) + h)
     d_f = Dropout(gelu(g W_I + b_I) W_Out + b_Out);  h' = LN_out(plugin(l, "ffn", d_f) + g)
 
-``__call__`` is pure: dropout is on iff a ``dropout_key`` is given, and the per-layer, per-site keys
-are derived from it by ``jax.random.fold_in``; no ``nnx.Rngs`` state is touched.
+``xs`` is the layer's slice of ``plugin_xs`` (the plugins' parameters, stacked by layer).
+``__call__`` is pure: dropout is on iff a ``dropout_key`` is given, and the per-layer, per-site
+keys are derived from it by ``jax.random.fold_in``; no ``nnx.Rngs`` state is touched.
 
 Dimensions: ``B`` batch, ``L`` tokens, ``D`` hidden width, ``N`` heads, ``E = D / N`` head width,
 ``F`` FFN width, ``V`` vocabulary, ``P`` positions.
@@ -37,8 +40,9 @@ from flax import nnx
 
 from ctr_jax.models.variables import BertParam, LayerNormParam
 
-PluginFn = Callable[[int, str, jax.Array], jax.Array]
-"""(layer index, site ``"attn" | "ffn"``, x [B, L, D]) -> [B, L, D]."""
+PluginFn = Callable[[jax.Array, str, jax.Array, Any], jax.Array]
+"""(layer index [] int32, site ``"attn" | "ffn"``, x [B, L, D], the layer's plugin_xs slice)
+-> [B, L, D]."""
 
 DEFAULT_BACKBONE_NAMES = ("all-MiniLM-L6-v2", "default")
 HUB_FILES = (
@@ -154,27 +158,40 @@ def _key(key: jax.Array | None, *path: int) -> jax.Array | None:
     return key
 
 
-class Dense(nnx.Module):
-    """y = x W + b with ``W: [in, out]`` stored as ``BertParam``."""
+def _dense(x: jax.Array, kernel: jax.Array, bias: jax.Array, dtype: str | None) -> jax.Array:
+    """x [..., in] @ kernel [in, out] + bias [out] -> float32; dtype: matmul dtype (None = f32)."""
+    if dtype is None:
+        return x @ kernel + bias
+    cd = jnp.dtype(dtype)
+    y = jnp.matmul(x.astype(cd), kernel.astype(cd), preferred_element_type=jnp.float32)
+    return y + bias
 
-    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs):
-        self.kernel = BertParam(_normal(rngs, (d_in, d_out)))  # [in, out]
-        self.bias = BertParam(jnp.zeros((d_out,), jnp.float32))  # [out]
+
+class Dense(nnx.Module):
+    """y = x W + b with ``W: [*stack, in, out]`` stored as ``BertParam``.
+
+    ``stack`` = (num_layers,) for the per-layer weights, which the encoder scans over.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, rngs: nnx.Rngs, stack: tuple[int, ...] = ()):
+        self.kernel = BertParam(_normal(rngs, (*stack, d_in, d_out)))  # [*stack, in, out]
+        self.bias = BertParam(jnp.zeros((*stack, d_out), jnp.float32))  # [*stack, out]
         self.compute_dtype: str | None = None  # None: float32; see BertEncoder.set_compute_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        """x: [..., in] -> [..., out] (float32)."""
-        if self.compute_dtype is None:
-            return x @ self.kernel[...] + self.bias[...]
-        cd = jnp.dtype(self.compute_dtype)
-        y = jnp.matmul(
-            x.astype(cd), self.kernel[...].astype(cd), preferred_element_type=jnp.float32
-        )
-        return y + self.bias[...]
+        """x: [..., in] -> [..., out] (float32); an unstacked Dense only."""
+        return _dense(x, self.kernel[...], self.bias[...], self.compute_dtype)
+
+
+def _layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
+    """LayerNorm over the last axis (biased variance, as torch). x: [..., D] -> [..., D]."""
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
 class LayerNorm(nnx.Module):
-    """LayerNorm over the last axis (biased variance, as torch); params of type ``param_type``."""
+    """LayerNorm over the last axis; params of type ``param_type``."""
 
     def __init__(self, dim: int, eps: float, param_type: type[nnx.Param]):
         self.eps = eps
@@ -183,9 +200,7 @@ class LayerNorm(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """x: [..., D] -> [..., D]."""
-        mean = x.mean(-1, keepdims=True)
-        var = jnp.square(x - mean).mean(-1, keepdims=True)
-        return (x - mean) * jax.lax.rsqrt(var + self.eps) * self.scale[...] + self.bias[...]
+        return _layer_norm(x, self.scale[...], self.bias[...], self.eps)
 
 
 class Embeddings(nnx.Module):
@@ -212,59 +227,92 @@ class Embeddings(nnx.Module):
         return _dropout(self.norm(x), self.rate, key)
 
 
-class Layer(nnx.Module):
-    """One post-LN transformer layer with the two plugin insertion points of spec §2."""
+_DENSE_NAMES = ("query", "key", "value", "attn_out", "intermediate", "ffn_out")
+
+
+class LayerWeights(nnx.Module):
+    """The frozen dense weights of every transformer layer, stacked: kernels [NL, in, out]."""
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        d, f, eps = config.hidden_size, config.intermediate_size, config.layer_norm_eps
-        self.num_heads = config.num_attention_heads
-        self.hidden_rate = config.hidden_dropout_prob
-        self.attn_rate = config.attention_probs_dropout_prob
-        self.query = Dense(d, d, rngs=rngs)
-        self.key = Dense(d, d, rngs=rngs)
-        self.value = Dense(d, d, rngs=rngs)
-        self.attn_out = Dense(d, d, rngs=rngs)
+        d, f, n = config.hidden_size, config.intermediate_size, (config.num_hidden_layers,)
+        self.query = Dense(d, d, rngs=rngs, stack=n)
+        self.key = Dense(d, d, rngs=rngs, stack=n)
+        self.value = Dense(d, d, rngs=rngs, stack=n)
+        self.attn_out = Dense(d, d, rngs=rngs, stack=n)
+        self.intermediate = Dense(d, f, rngs=rngs, stack=n)
+        self.ffn_out = Dense(f, d, rngs=rngs, stack=n)
+
+
+class LayerNorms(nnx.Module):
+    """The two LayerNorms of one transformer layer (``LayerNormParam``: trained by CTR)."""
+
+    def __init__(self, config: BertConfig):
+        d, eps = config.hidden_size, config.layer_norm_eps
         self.attn_norm = LayerNorm(d, eps, LayerNormParam)
-        self.intermediate = Dense(d, f, rngs=rngs)
-        self.ffn_out = Dense(f, d, rngs=rngs)
         self.out_norm = LayerNorm(d, eps, LayerNormParam)
 
-    def __call__(
-        self,
-        h: jax.Array,
-        mask_bias: jax.Array,
-        index: int,
-        key: jax.Array | None,
-        plugin: PluginFn | None,
-    ) -> jax.Array:
-        """h: [B, L, D], mask_bias: [B, 1, 1, L] additive -> [B, L, D]."""
-        b, length, d = h.shape
-        split = (b, length, self.num_heads, d // self.num_heads)
-        q = self.query(h).reshape(split)  # [B, L, N, E]
-        k = self.key(h).reshape(split)  # [B, L, N, E]
-        v = self.value(h).reshape(split)  # [B, L, N, E]
-        scores = jnp.einsum("bqne,bkne->bnqk", q, k) / np.sqrt(split[-1]) + mask_bias
-        probs = _dropout(jax.nn.softmax(scores, axis=-1), self.attn_rate, _key(key, 0))
-        ctx = jnp.einsum("bnqk,bkne->bqne", probs, v).reshape(b, length, d)  # [B, L, D]
 
-        d_a = _dropout(self.attn_out(ctx), self.hidden_rate, _key(key, 1))
-        p_a = plugin(index, "attn", d_a) if plugin is not None else d_a
-        g = self.attn_norm(p_a + h)  # [B, L, D]
+def _layer(
+    h: jax.Array,
+    w: dict[str, tuple[jax.Array, jax.Array]],
+    ln: dict[str, tuple[jax.Array, jax.Array]],
+    mask_bias: jax.Array,
+    index: jax.Array,
+    key: jax.Array | None,
+    plugin: PluginFn | None,
+    plugin_xs: Any,
+    config: BertConfig,
+    dtype: str | None,
+) -> jax.Array:
+    """One post-LN transformer layer with the two plugin sites of spec §2 (a pure function).
 
-        u = jax.nn.gelu(self.intermediate(g), approximate=False)  # [B, L, F]
-        d_f = _dropout(self.ffn_out(u), self.hidden_rate, _key(key, 2))
-        p_f = plugin(index, "ffn", d_f) if plugin is not None else d_f
-        return self.out_norm(p_f + g)
+    h: [B, L, D]; w: name -> (kernel, bias) of this layer; ln: "attn" / "out" -> (scale, bias);
+    mask_bias: [B, 1, 1, L] additive; index: [] int32 layer index -> [B, L, D].
+    """
+    b, length, d = h.shape
+    eps = config.layer_norm_eps
+    split = (b, length, config.num_attention_heads, config.head_dim)
+
+    def dense(name: str, x: jax.Array) -> jax.Array:
+        return _dense(x, *w[name], dtype)
+
+    q = dense("query", h).reshape(split)  # [B, L, N, E]
+    k = dense("key", h).reshape(split)  # [B, L, N, E]
+    v = dense("value", h).reshape(split)  # [B, L, N, E]
+    scores = jnp.einsum("bqne,bkne->bnqk", q, k) / np.sqrt(split[-1]) + mask_bias
+    probs = _dropout(
+        jax.nn.softmax(scores, axis=-1), config.attention_probs_dropout_prob, _key(key, 0)
+    )
+    ctx = jnp.einsum("bnqk,bkne->bqne", probs, v).reshape(b, length, d)  # [B, L, D]
+
+    d_a = _dropout(dense("attn_out", ctx), config.hidden_dropout_prob, _key(key, 1))
+    p_a = plugin(index, "attn", d_a, plugin_xs) if plugin is not None else d_a
+    g = _layer_norm(p_a + h, *ln["attn"], eps)  # [B, L, D]
+
+    u = jax.nn.gelu(dense("intermediate", g), approximate=False)  # [B, L, F]
+    d_f = _dropout(dense("ffn_out", u), config.hidden_dropout_prob, _key(key, 2))
+    p_f = plugin(index, "ffn", d_f, plugin_xs) if plugin is not None else d_f
+    return _layer_norm(p_f + g, *ln["out"], eps)
 
 
 class BertEncoder(nnx.Module):
-    """HF-compatible BERT encoder + pooler; random init N(0, 0.02), see ``load_pretrained``."""
+    """HF-compatible BERT encoder + pooler; random init N(0, 0.02), see ``load_pretrained``.
+
+    The transformer layers run as one ``lax.scan`` over their stacked weights: XLA compiles one
+    layer instead of num_layers copies (compile time and the compiler's memory fall several-fold
+    for a 6- or 12-layer model; the step's run time is unchanged).
+    """
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.embeddings = Embeddings(config, rngs=rngs)
-        self.layers = nnx.List([Layer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.weights = LayerWeights(config, rngs=rngs)
+        self.layers = nnx.List([LayerNorms(config) for _ in range(config.num_hidden_layers)])
         self.pooler = Dense(config.hidden_size, config.hidden_size, rngs=rngs)
+        # Layers per scan iteration (lax.scan's unroll): 1 compiles one layer; num_layers
+        # compiles them all, as an unrolled loop would (slower to compile, lets XLA schedule
+        # across layers). Static: part of the graph definition.
+        self.scan_unroll = 1
 
     def set_compute_dtype(self, dtype: str) -> None:
         """Runs every frozen dense layer's matmul in `dtype` ("bfloat16") with float32
@@ -282,6 +330,7 @@ class BertEncoder(nnx.Module):
         *,
         dropout_key: jax.Array | None = None,
         plugin: PluginFn | None = None,
+        plugin_xs: Any = None,
     ) -> tuple[jax.Array, jax.Array]:
         """Encodes a batch.
 
@@ -290,7 +339,10 @@ class BertEncoder(nnx.Module):
           dropout_key: None -> deterministic; else dropout everywhere HF has it, with keys
             ``fold_in(dropout_key, 0)`` for the embeddings and ``fold_in(fold_in(dropout_key,
             l + 1), site)`` for layer ``l`` (site 0 attention probs, 1 attn-out, 2 ffn-out).
-          plugin: optional hook ``(layer, "attn" | "ffn", x [B, L, D]) -> [B, L, D]``.
+          plugin: optional hook ``(layer [] int32, "attn" | "ffn", x [B, L, D], xs) -> [B, L, D]``,
+            traced once inside the layer scan.
+          plugin_xs: a pytree whose leaves have a leading num_layers axis; the hook gets layer
+            l's slice as ``xs`` (the per-layer plugin parameters).
 
         Returns:
           (last_hidden [B, L, D], pooled [B, D]) with pooled = tanh(h[:, 0] W_p + b_p), no dropout.
@@ -298,8 +350,29 @@ class BertEncoder(nnx.Module):
         h = self.embeddings(input_ids, token_type_ids, _key(dropout_key, 0))  # [B, L, D]
         neg = jnp.finfo(h.dtype).min
         mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, neg).astype(h.dtype)
-        for index, layer in enumerate(self.layers):
-            h = layer(h, mask_bias, index, _key(dropout_key, index + 1), plugin)
+        w = {
+            name: (getattr(self.weights, name).kernel[...], getattr(self.weights, name).bias[...])
+            for name in _DENSE_NAMES
+        }  # [NL, ...] each
+        norms = {
+            "attn": [n.attn_norm for n in self.layers],
+            "out": [n.out_norm for n in self.layers],
+        }
+        ln = {
+            site: (jnp.stack([n.scale[...] for n in ns]), jnp.stack([n.bias[...] for n in ns]))
+            for site, ns in norms.items()
+        }  # [NL, D] each
+        dtype = self.weights.query.compute_dtype
+
+        def body(h, xs):
+            w_l, ln_l, index, pxs = xs
+            key = _key(dropout_key, index + 1)
+            return _layer(
+                h, w_l, ln_l, mask_bias, index, key, plugin, pxs, self.config, dtype
+            ), None
+
+        index = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
+        h, _ = jax.lax.scan(body, h, (w, ln, index, plugin_xs), unroll=self.scan_unroll)
         pooled = jnp.tanh(self.pooler(h[:, 0]))  # [B, D]
         return h, pooled
 
@@ -340,10 +413,13 @@ def resolve_backbone(name_or_path: str | Path | None) -> Path:
         ) from e
 
 
-def _hf_layout(model: BertEncoder) -> list[tuple[nnx.Variable, str, bool]]:
-    """(variable, HF key without prefix, transpose?) for every weight of ``model``."""
+def _hf_layout(model: BertEncoder) -> list[tuple[nnx.Variable, str | list[str], bool]]:
+    """(variable, HF key(s) without prefix, transpose?) for every weight of ``model``.
+
+    A stacked per-layer variable gets one key per layer (its slices, in layer order).
+    """
     emb = model.embeddings
-    out: list[tuple[nnx.Variable, str, bool]] = [
+    out: list[tuple[nnx.Variable, str | list[str], bool]] = [
         (emb.word, "embeddings.word_embeddings.weight", False),
         (emb.position, "embeddings.position_embeddings.weight", False),
         (emb.token_type, "embeddings.token_type_embeddings.weight", False),
@@ -352,21 +428,36 @@ def _hf_layout(model: BertEncoder) -> list[tuple[nnx.Variable, str, bool]]:
         (model.pooler.kernel, "pooler.dense.weight", True),
         (model.pooler.bias, "pooler.dense.bias", False),
     ]
-    for i, layer in enumerate(model.layers):
+    layers = range(model.config.num_hidden_layers)
+    hf_dense = {
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "attn_out": "attention.output.dense",
+        "intermediate": "intermediate.dense",
+        "ffn_out": "output.dense",
+    }
+    for ours, hf in hf_dense.items():
+        mod = getattr(model.weights, ours)
+        out.append((mod.kernel, [f"encoder.layer.{i}.{hf}.weight" for i in layers], True))
+        out.append((mod.bias, [f"encoder.layer.{i}.{hf}.bias" for i in layers], False))
+    for i, layer in zip(layers, model.layers, strict=True):
         p = f"encoder.layer.{i}."
-        dense = {
-            "attention.self.query": layer.query,
-            "attention.self.key": layer.key,
-            "attention.self.value": layer.value,
-            "attention.output.dense": layer.attn_out,
-            "intermediate.dense": layer.intermediate,
-            "output.dense": layer.ffn_out,
-        }
-        for name, mod in dense.items():
-            out += [(mod.kernel, f"{p}{name}.weight", True), (mod.bias, f"{p}{name}.bias", False)]
         norms = {"attention.output.LayerNorm": layer.attn_norm, "output.LayerNorm": layer.out_norm}
         for name, norm in norms.items():
             out += [(norm.scale, f"{p}{name}.weight", False), (norm.bias, f"{p}{name}.bias", False)]
+    return out
+
+
+def hf_tensors(model: BertEncoder) -> dict[str, np.ndarray]:
+    """The model's weights under HF BertModel key names (kernels transposed back)."""
+    out = {}
+    for var, names, transpose in _hf_layout(model):
+        arr = np.asarray(jax.device_get(var.get_value()), np.float32)
+        if isinstance(names, str):
+            names, arr = [names], arr[None]
+        for name, a in zip(names, arr, strict=True):  # a stacked variable: one key per layer
+            out[name] = np.ascontiguousarray(a.T if transpose else a)
     return out
 
 
@@ -408,16 +499,21 @@ def load_pretrained(folder: Path) -> BertEncoder:
 
     # Abstract init: no random weights are drawn for arrays that are overwritten anyway.
     model = nnx.eval_shape(lambda: BertEncoder(config, rngs=nnx.Rngs(0)))
-    for var, name, transpose in _hf_layout(model):
-        arr = _lookup(tensors, prefix, name, weights)
-        if transpose:
-            arr = arr.T
+    for var, names, transpose in _hf_layout(model):
+        slices = []
         expected = tuple(var.get_value().shape)
-        if arr.shape != expected:
-            hf_shape = arr.shape[::-1] if transpose else arr.shape
-            hf_expected = expected[::-1] if transpose else expected
-            raise BackboneError(
-                f"{weights}: key {prefix + name!r} has shape {hf_shape}, expected {hf_expected}"
-            )
+        for name in [names] if isinstance(names, str) else names:
+            arr = _lookup(tensors, prefix, name, weights)
+            if transpose:
+                arr = arr.T
+            want = expected if isinstance(names, str) else expected[1:]
+            if arr.shape != want:
+                hf_shape = arr.shape[::-1] if transpose else arr.shape
+                hf_expected = want[::-1] if transpose else want
+                raise BackboneError(
+                    f"{weights}: key {prefix + name!r} has shape {hf_shape}, expected {hf_expected}"
+                )
+            slices.append(arr)
+        arr = slices[0] if isinstance(names, str) else np.stack(slices)
         var.set_value(jnp.asarray(arr, jnp.float32))
     return model

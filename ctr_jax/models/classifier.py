@@ -22,7 +22,7 @@ from flax import nnx
 
 from ctr_jax.config import ModelConfig
 from ctr_jax.models.bert import BertEncoder
-from ctr_jax.models.plugins import CLPlugins
+from ctr_jax.models.plugins import CLPlugins, by_site
 from ctr_jax.models.variables import Buffer, HeadParam
 
 NEG_INF = -1e9  # logit of a class the task does not have
@@ -94,19 +94,24 @@ class CTRClassifier(nnx.Module):
         if dropout_key is not None:
             enc_key, pool_key = jax.random.split(dropout_key)
 
-        # Per-plugin slices by one split per array (see CLPlugins.unstack for why).
-        params = self.plugins.unstack()
-        P = self.num_plugins
-        g1s, g2s = jnp.split(g1, P, axis=0), jnp.split(g2, P, axis=0)
+        # The plugins' parameters and gates by layer [NL, 2 sites, ...], for the layer scan.
+        NL = self.encoder.config.num_hidden_layers
+        plugin_xs = (self.plugins.by_layer(NL), by_site(g1, NL), by_site(g2, NL))
 
-        def plugin(layer: int, site: str, x: jax.Array) -> jax.Array:
-            p = 2 * layer + (site == "ffn")
-            key = None if router_key is None else jax.random.fold_in(router_key, p)
-            prm, a, b = params[p], g1s[p][0], g2s[p][0]
-            return self.plugins(prm, x, mask, task_id, a, b, key, straight_through)
+        def plugin(layer: jax.Array, site: str, x: jax.Array, xs) -> jax.Array:
+            j = ("attn", "ffn").index(site)
+            params, a, b = xs  # this layer's: name -> [2, ...], gates [2, A], [2, D]
+            prm = {name: v[j] for name, v in params.items()}
+            key = None if router_key is None else jax.random.fold_in(router_key, 2 * layer + j)
+            return self.plugins(prm, x, mask, task_id, a[j], b[j], key, straight_through)
 
         _, pooled = self.encoder(
-            input_ids, token_type_ids, attention_mask, dropout_key=enc_key, plugin=plugin
+            input_ids,
+            token_type_ids,
+            attention_mask,
+            dropout_key=enc_key,
+            plugin=plugin,
+            plugin_xs=plugin_xs,
         )
         pooled = _dropout(pooled, POOLED_DROPOUT, pool_key)  # [B, D]
         if head_ids is None:

@@ -57,7 +57,7 @@ from ctr_jax.models.variables import CapsuleParam, PluginParam, TaskEmbedding
 Params = Mapping[str, jax.Array]
 """One plugin's parameters: the stacked arrays' slice p, by attribute name (``unstack``)."""
 PluginRef = Union[int, Params]  # noqa: UP007 (a runtime alias)
-"""A plugin index p, or that plugin's parameters from ``CLPlugins.unstack()``."""
+"""A plugin index p, or that plugin's parameters (its slice of ``CLPlugins.by_layer``)."""
 
 _INIT_STD = 0.02  # BERT's initializer_range: HF re-initialises the plugin Linears with it (spec §4)
 
@@ -142,6 +142,11 @@ def _crm_bwd(res, g):
 
 
 conv_relu_maxpool.defvjp(_crm_fwd, _crm_bwd)
+
+
+def by_site(x: jax.Array, num_layers: int) -> jax.Array:
+    """[P, ...] stacked by plugin (P = 2 * num_layers) -> [num_layers, 2 (attn, ffn), ...]."""
+    return x.reshape(num_layers, 2, *x.shape[1:])
 
 
 def hard_gumbel_gate(
@@ -373,19 +378,17 @@ class CLPlugins(nnx.Module):
             name for name, v in vars(self).items() if isinstance(v, (PluginParam, CapsuleParam))
         ]
 
-    def unstack(self) -> list[dict[str, jax.Array]]:
-        """Every plugin's parameters, one ``jnp.split`` per stacked array: P dicts of slices.
+    def by_layer(self, num_layers: int) -> dict[str, jax.Array]:
+        """The stacked parameters viewed by layer for the encoder's layer scan (a reshape only).
 
-        Why not ``self.w1[p]`` inside each plugin: the transpose of a static index is a pad, so
-        the backward pass built P zero-padded full-size gradients of every stacked parameter and
-        summed them (at TSM width 2000, 12 x 37 MB for w1 alone: most of a train step's
-        temporary memory). The transpose of one split is one concatenate.
+        Plugin p sits in layer p // 2 at site ("attn", "ffn")[p % 2], so [P, ...] is
+        [num_layers, 2, ...]: name -> [num_layers, 2, ...]. The scan slices one layer at a time;
+        slicing every plugin by a static index outside it instead padded each slice's gradient
+        to the full stacked size and summed P of them (most of a step's temporary memory).
         """
-        P = self.w1.shape[0]
-        parts = {
-            name: jnp.split(getattr(self, name)[...], P, axis=0) for name in self._stacked_names()
+        return {
+            name: by_site(getattr(self, name)[...], num_layers) for name in self._stacked_names()
         }
-        return [{name: part[p][0] for name, part in parts.items()} for p in range(P)]
 
     def _params(self, p: PluginRef) -> Params:
         """Plugin p's parameters (an index is sliced here: fine outside a differentiated loop)."""

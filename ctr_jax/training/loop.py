@@ -269,6 +269,9 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
     )
     if cfg.model.compute_dtype != "float32":
         model.encoder.set_compute_dtype(cfg.model.compute_dtype)
+    if cfg.model.scan_unroll < 1:
+        raise ConfigError(f"model.scan_unroll must be >= 1, got {cfg.model.scan_unroll}")
+    model.encoder.scan_unroll = cfg.model.scan_unroll
     graphdef, trainable, frozen = step.split_model(model)
     del model
     frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
