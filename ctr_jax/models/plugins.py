@@ -55,7 +55,7 @@ from ctr_jax.models import hat
 from ctr_jax.models.variables import CapsuleParam, PluginParam, TaskEmbedding
 
 Params = Mapping[str, jax.Array]
-"""One plugin's parameters: the stacked arrays' slice p, by attribute name (``unstack``)."""
+"""One plugin's parameters: the stacked arrays' slice p, by attribute name (``by_layer``)."""
 PluginRef = Union[int, Params]  # noqa: UP007 (a runtime alias)
 """A plugin index p, or that plugin's parameters (its slice of ``CLPlugins.by_layer``)."""
 
