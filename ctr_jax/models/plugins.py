@@ -305,7 +305,6 @@ class CLPlugins(nnx.Module):
         straight_through: bool,
     ) -> jax.Array:
         """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] -> [B, L, D]."""
-        p = self._params(p)
         if self.ksm_kind == "dynamic":
             return self.dynamic_ksm(p, x, mask, task_id)
         return self.transfer_ksm(p, x, mask, task_id, router_key, straight_through)
@@ -315,12 +314,26 @@ class CLPlugins(nnx.Module):
     ) -> jax.Array:
         """B-CL's KSM of plugin p: task capsules + dynamic routing. x: [B, L, D] -> [B, L, D]."""
         prm = self._params(p)
-        B, L, _ = x.shape
-        T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
+        _, pre = self._pre_route(prm, x, mask, task_id)
+        votes, _ = dynamic_routing(
+            pre, jnp.arange(self.num_tasks) <= task_id, self.cfg.routing_iters
+        )
+        return self._project(prm, votes)
+
+    def _pre_route(
+        self, prm: Params, x: jax.Array, mask: jax.Array, task_id: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """Task capsules and pre-route vectors (both KSMs). x: [B, L, D], mask: [B, L] ->
+        (u [B, L, T, C], pre [B, L, T, N, C])."""
+        # Zeroed padding makes every valid conv window identical at any padded length.
         u = self.task_capsules(prm, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
         pre = jnp.einsum("bltc,ntce->bltne", u, prm["route"])  # [B, L, T, N, C]
-        votes, _ = dynamic_routing(pre, jnp.arange(T) <= task_id, self.cfg.routing_iters)
-        return votes.reshape(B, L, N * C) @ prm["big_w"] + prm["big_b"]  # [B, L, D]
+        return u, pre
+
+    @staticmethod
+    def _project(prm: Params, v: jax.Array) -> jax.Array:
+        """Transfer capsules back to the hidden width. v: [B, L, N, C] -> [B, L, D]."""
+        return v.reshape(*v.shape[:2], -1) @ prm["big_w"] + prm["big_b"]
 
     def transfer_ksm(
         self,
@@ -335,10 +348,8 @@ class CLPlugins(nnx.Module):
         prm = self._params(p)
         B, L, _ = x.shape
         T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
-        # Zeroed padding makes every valid conv window identical at any padded length.
-        u = self.task_capsules(prm, x, task_id) * mask[:, :, None, None]  # [B, L, T, C]
+        u, pre = self._pre_route(prm, x, mask, task_id)
         route = prm["route"]  # [N, T, C, C]
-        pre = jnp.einsum("bltc,ntce->bltne", u, route)  # [B, L, T, N, C] pre-route vectors
         # R[k, c, n*C + e] = route[n, k, c, e]: Phi_k = U_k @ R[k].
         r = jnp.transpose(route, (1, 2, 0, 3)).reshape(T, C, N * C)  # [T, C, N*C]
         u_t = jnp.take(u, task_id, axis=2)  # [B, L, C]
@@ -369,7 +380,7 @@ class CLPlugins(nnx.Module):
         causal = (jnp.arange(T) <= task_id).astype(x.dtype)  # [T]
         weight = sim.reshape(B, T, N, C) * (delta * causal)[:, :, None, None]  # [B, T, N, C]
         v = jnp.einsum("btnc,bltnc->blnc", weight, pre)  # [B, L, N, C]
-        return v.reshape(B, L, N * C) @ prm["big_w"] + prm["big_b"]  # [B, L, D]
+        return self._project(prm, v)
 
     def _stacked_names(self) -> list[str]:
         """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
