@@ -1,8 +1,10 @@
 """Paper-style tables and plots from run folders.
 
     python -m ctr_jax.report runs/ [more folders or results.json files] --out docs/results
+    python -m ctr_jax.report runs/ --by train.lr     # an ablation: one row per method and lr
 
-Finds every results.json under the given paths, groups the runs by (benchmark, method) and writes
+Finds every results.json under the given paths, groups the runs by (benchmark, method) and, with
+--by, by the values of the given config keys (read from each run's config.json), and writes
 to --out:
 
     results.md / results.csv   methods x benchmarks: Acc, MF1, forgetting (FR), in %, mean +- std
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import math
 import re
@@ -73,8 +76,22 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
     return sorted(set(found))
 
 
-def load_runs(files: Sequence[Path]) -> list[dict]:
-    """read_results of each file plus "path", "name" and "complete" (every task learned)."""
+def _config_value(config_file: Path, key: str) -> object:
+    """The value of dotted config key `key` (e.g. "train.lr") in a run's config.json."""
+    try:
+        node = json.loads(config_file.read_text(encoding="utf-8"))["config"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ReportError(f"{config_file}: no readable run config for --by ({e})") from e
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise ReportError(f"{config_file}: no config key {key!r} (--by)")
+        node = node[part]
+    return node
+
+
+def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:
+    """read_results of each file plus "path", "name", "complete" (every task learned) and
+    "variant": "key=value" of each --by key, comma-joined ("" without --by)."""
     runs = []
     for f in files:
         try:
@@ -87,6 +104,8 @@ def load_runs(files: Sequence[Path]) -> list[dict]:
         r["path"] = f
         r["name"] = r.get("name") or f.parent.name
         r["complete"] = r["summary"].get("tasks_learned") == len(r["tasks"])
+        cfg_file = f.parent / "config.json"
+        r["variant"] = ", ".join(f"{k}={_config_value(cfg_file, k)}" for k in by)
         runs.append(r)
     return runs
 
@@ -96,19 +115,24 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else math.nan
 
 
+def _method_key(method: str) -> tuple[int, str]:
+    order = {m: i for i, m in enumerate(METHODS)}
+    return order.get(method, len(order)), method
+
+
 def aggregate(runs: Sequence[dict]) -> list[dict]:
-    """One row per (benchmark, method) of complete runs: means and stds in %, paper figures."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    """One row per (benchmark, method, variant) of complete runs: means and stds in %, paper
+    figures."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
     for r in runs:
         if r["complete"]:
-            groups.setdefault((r["benchmark"], r["method"]), []).append(r)
+            groups.setdefault((r["benchmark"], r["method"], r.get("variant", "")), []).append(r)
     rows = []
-    order = {m: i for i, m in enumerate(METHODS)}
-    for (bench, method), rs in sorted(
-        groups.items(), key=lambda kv: (_bench_key(kv[0][0]), order.get(kv[0][1], 99), kv[0][1])
+    for (bench, method, variant), rs in sorted(
+        groups.items(), key=lambda kv: (_bench_key(kv[0][0]), _method_key(kv[0][1]), kv[0][2])
     ):
         joint = all(r.get("protocol") == "joint" or r["method"] == "mtl" for r in rs)
-        row = {"benchmark": bench, "method": method, "runs": len(rs)}
+        row = {"benchmark": bench, "method": method, "variant": variant, "runs": len(rs)}
         for key in ("acc", "mf1", "forgetting"):
             if key == "forgetting" and joint:
                 row[f"{key}_mean"] = row[f"{key}_std"] = math.nan
@@ -131,8 +155,9 @@ def _fmt(mean: float, std: float) -> str:
     return f"{mean:.2f}" if math.isnan(std) else f"{mean:.2f} ± {std:.2f}"
 
 
-def _label(method: str) -> str:
-    return METHODS[method].label if method in METHODS else method
+def _label(method: str, variant: str = "") -> str:
+    label = METHODS[method].label if method in METHODS else method
+    return f"{label} ({variant})" if variant else label
 
 
 def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
@@ -145,7 +170,8 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
         for r in (r for r in rows if r["benchmark"] == bench):
             paper = ["-" if math.isnan(v) else f"{v:.2f}" for v in (r["paper_acc"], r["paper_mf1"])]
             out.append(
-                f"| {_label(r['method'])} | {r['runs']} | {_fmt(r['acc_mean'], r['acc_std'])} | "
+                f"| {_label(r['method'], r['variant'])} | {r['runs']} | "
+                f"{_fmt(r['acc_mean'], r['acc_std'])} | "
                 f"{_fmt(r['mf1_mean'], r['mf1_std'])} | "
                 f"{_fmt(r['forgetting_mean'], r['forgetting_std'])} | {paper[0]} | {paper[1]} |"
             )
@@ -167,7 +193,7 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
 
 
 def csv_table(rows: Sequence[dict]) -> str:
-    cols = ["benchmark", "method", "runs", "acc_mean", "acc_std", "mf1_mean", "mf1_std",
+    cols = ["benchmark", "method", "variant", "runs", "acc_mean", "acc_std", "mf1_mean", "mf1_std",
             "forgetting_mean", "forgetting_std", "paper_acc", "paper_mf1"]  # fmt: skip
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -221,18 +247,18 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_method: dict[str, list[np.ndarray]] = {}
+    by_group: dict[tuple[str, str], list[np.ndarray]] = {}
     for r in runs:
         if r["complete"] and r["benchmark"] == bench:
-            by_method.setdefault(r["method"], []).append(seen_task_curve(r["acc"]))
-    order = {m: i for i, m in enumerate(METHODS)}
-    for method in sorted(by_method, key=lambda m: order.get(m, 99)):
-        curves = np.stack(by_method[method])
+            key = (r["method"], r.get("variant", ""))
+            by_group.setdefault(key, []).append(seen_task_curve(r["acc"]))
+    for method, variant in sorted(by_group, key=lambda k: (_method_key(k[0]), k[1])):
+        curves = np.stack(by_group[method, variant])
         x = np.arange(1, curves.shape[1] + 1)
         style = "--" if method == "mtl" else "-"
         n = len(curves)
         ax.plot(x, curves.mean(0), style, marker="o", ms=3,
-                label=f"{_label(method)} ({n} run{'s' if n > 1 else ''})")  # fmt: skip
+                label=f"{_label(method, variant)}: {n} run{'s' if n > 1 else ''}")  # fmt: skip
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -246,9 +272,14 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(paths: Sequence[Path], out: Path, plots: bool = True) -> dict[str, Path]:
-    """Writes the table (Markdown, CSV) and plots for the runs under `paths`; returns the files."""
-    runs = load_runs(find_results(paths))
+def write_report(
+    paths: Sequence[Path], out: Path, plots: bool = True, by: Sequence[str] = ()
+) -> dict[str, Path]:
+    """Writes the table (Markdown, CSV) and plots for the runs under `paths`; returns the files.
+
+    by: dotted config keys whose values split a method's runs into separate rows and curves.
+    """
+    runs = load_runs(find_results(paths), by)
     if not runs:
         raise ReportError(f"no {RESULTS_FILE} under {[str(p) for p in paths]}")
     names = [r["name"] for r in runs]
@@ -280,10 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, help="run folders or results.json files")
     parser.add_argument("--out", type=Path, default=Path("docs/results"), help="output folder")
     parser.add_argument("--no-plots", action="store_true", help="tables only")
+    parser.add_argument(
+        "--by", nargs="+", default=[], metavar="KEY",
+        help="config keys (e.g. train.lr) whose values split a method's runs into separate rows",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        files = write_report(args.paths, args.out, plots=not args.no_plots)
+        files = write_report(args.paths, args.out, plots=not args.no_plots, by=args.by)
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The report on hand-made run folders: aggregation by hand, tables, plots, bad input."""
 
 import csv
+import json
 import math
 
 import numpy as np
@@ -81,3 +82,35 @@ def test_bad_input_names_the_file(tmp_path):
     with pytest.raises(report.ReportError, match="no such file"):
         report.write_report([tmp_path / "missing"], tmp_path / "out")
     assert report.main([str(tmp_path / "missing")]) == 2
+
+
+def _config(root, name, lr):
+    (root / name / "config.json").write_text(
+        json.dumps({"fingerprint": "x", "config": {"train": {"lr": lr, "epochs": 3}}})
+    )
+
+
+def test_by_splits_rows_by_config_value(runs, tmp_path):
+    for name, lr in (("ctr_o0", 0.001), ("ctr_o1", 0.0003), ("mtl", 0.001), ("ncl_half", 0.001)):
+        _config(runs, name, lr)
+    out = tmp_path / "out"
+    report.write_report([runs], out, by=["train.lr"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    got = [(r["method"], r["variant"], r["runs"], round(float(r["acc_mean"]), 6)) for r in rows]
+    assert got == [("ctr", "train.lr=0.0003", "1", 75.0), ("ctr", "train.lr=0.001", "1", 85.0),
+                   ("mtl", "train.lr=0.001", "1", 90.0)]  # fmt: skip
+    md = (out / "results.md").read_text()
+    assert "| CTR (train.lr=0.001) | 1 | 85.00 | 75.00 | 10.00 | 89.47 | 83.62 |" in md
+    # Without --by the two CTR runs are one row again.
+    plain = report.aggregate(report.load_runs(report.find_results([runs])))
+    assert [r["method"] for r in plain] == ["ctr", "mtl"]
+
+
+def test_by_names_the_run_and_key_at_fault(runs, tmp_path):
+    for name in ("ctr_o0", "ctr_o1", "mtl", "ncl_half"):
+        _config(runs, name, 0.001)
+    with pytest.raises(report.ReportError, match=r"ctr_o0/config.json: no config key 'train.lrr'"):
+        report.write_report([runs], tmp_path / "out", by=["train.lrr"])
+    (runs / "mtl" / "config.json").unlink()
+    with pytest.raises(report.ReportError, match=r"mtl/config.json: no readable run config"):
+        report.write_report([runs], tmp_path / "out", by=["train.lr"])
