@@ -109,8 +109,14 @@ class ParallelConfig:
     # batch sizes must divide by it. Not part of the fingerprint: results do not depend on it
     # (up to float reduction order), so a run may resume on another device count.
     num_devices: int | None = None
-    # Multi-host: call jax.distributed.initialize() (coordinator and ids from the environment).
+    # Several processes (hosts): call jax.distributed.initialize() before anything touches jax.
+    # The three keys below are its arguments; left at None, jax detects them from the launcher
+    # (SLURM, Open MPI, TPU pods; JAX_COORDINATOR_ADDRESS for the address). Every process runs
+    # the same command; process 0 writes the run folder's files, all of them write checkpoints.
     distributed: bool = False
+    coordinator_address: str | None = None  # "host:port" of process 0
+    num_processes: int | None = None
+    process_id: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,10 +4,11 @@ One mesh axis, "data", over the devices the run uses. Parameters, optimizer stat
 frozen encoder are replicated; every batch is a global array split over "data" along its first
 axis. The jitted steps are unchanged: XLA partitions them from these shardings (the loss sums
 over the batch become all-reduces), so the same code runs on 1 CPU, several local GPUs / TPU cores
-or several hosts. On several hosts (``parallel.distributed: true``) ``jax.distributed.initialize``
-connects them (its arguments come from the environment, e.g. a SLURM or TPU-pod launch), every
-host builds the same global batch from the same seed, and each host feeds only the shards of its
-own devices.
+or several hosts. On several hosts (``parallel.distributed: true``) ``init_distributed`` connects
+them before jax starts (its arguments come from the config or the launcher's environment, e.g.
+SLURM or a TPU pod), every host builds the same global batch from the same seed, and each host
+feeds only the shards of its own devices. Outputs that the loop reads on the host (predictions,
+step metrics) are replicated, so every process can read them.
 
 Random numbers do not depend on the sharding (JAX's partitionable threefry, the default), so a run
 on N devices equals the 1-device run up to float reduction order.
@@ -22,7 +23,36 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ctr_jax.config import ParallelConfig
+
 log = logging.getLogger(__name__)
+
+
+def init_distributed(cfg: ParallelConfig) -> None:
+    """Connects the processes of a multi-process run; a no-op unless ``cfg.distributed``.
+
+    Must run before the first jax computation (jax fixes its devices then). On CPU the
+    cross-process collectives go through gloo, which jax does not pick by itself.
+    Idempotent within a process.
+    """
+    if not cfg.distributed or jax.distributed.is_initialized():
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=cfg.coordinator_address,
+        num_processes=cfg.num_processes,
+        process_id=cfg.process_id,
+    )
+    log.info(
+        "process %d of %d; %d global devices, %d local",
+        jax.process_index(), jax.process_count(), jax.device_count(), jax.local_device_count(),
+    )  # fmt: skip
+
+
+def is_primary() -> bool:
+    """True in the process that writes the run folder's files (process 0; the only one unless
+    the run is distributed)."""
+    return jax.process_index() == 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +62,9 @@ class DataParallel:
     mesh: Mesh
 
     @classmethod
-    def create(cls, num_devices: int | None = None, distributed: bool = False) -> DataParallel:
-        """Mesh over the first `num_devices` devices (None = all, across hosts if distributed)."""
-        if distributed:
-            jax.distributed.initialize()
+    def create(cls, num_devices: int | None = None) -> DataParallel:
+        """Mesh over the first `num_devices` devices (None = all, across hosts once
+        ``init_distributed`` has connected them)."""
         devices = jax.devices()
         n = len(devices) if num_devices is None else num_devices
         if not 1 <= n <= len(devices):

@@ -46,8 +46,8 @@ from ctr_jax.methods import Method, get_method
 from ctr_jax.models import hat
 from ctr_jax.models.bert import load_pretrained, resolve_backbone
 from ctr_jax.models.classifier import CTRClassifier
-from ctr_jax.parallel import DataParallel
-from ctr_jax.tracking import MetricWriter, setup_logging
+from ctr_jax.parallel import DataParallel, init_distributed, is_primary
+from ctr_jax.tracking import MetricWriter, NullWriter, setup_logging
 from ctr_jax.training import optim, step
 
 log = logging.getLogger(__name__)
@@ -198,13 +198,17 @@ def _unflat(like: nnx.State, flat: dict[str, jax.Array]) -> nnx.State:
 
 
 def _saveable(trainable, masks: hat.HatMasks, acc, mf1, root_key) -> dict:
-    """Everything a resume needs; the frozen encoder is reloaded from the backbone instead."""
+    """Everything a resume needs; the frozen encoder is reloaded from the backbone instead.
+
+    The small leaves go to orbax as numpy: in a multi-process run it refuses jax arrays that
+    live on one process's device only (the key, masks made outside the mesh).
+    """
     return {
         "trainable": _flat(trainable),
-        "masks": {"m1": masks.m1, "m2": masks.m2},
+        "masks": {"m1": np.asarray(masks.m1), "m2": np.asarray(masks.m2)},
         "acc": acc,
         "mf1": mf1,
-        "root_key": jax.random.key_data(root_key),
+        "root_key": np.asarray(jax.random.key_data(root_key)),
     }
 
 
@@ -237,14 +241,23 @@ class _Evaluator:
         }
 
 
-def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
-    """Learns the config's task stream with its method; resumes after the last finished task."""
-    setup_logging(cfg.log_level)
-    _check_run_dir(cfg)
+def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) -> RunResult:
+    """Learns the config's task stream with its method; resumes after the last finished task.
+
+    In a multi-process run (``parallel.distributed``) every process calls this with the same
+    config; process 0 alone writes config.json, metrics.jsonl and the results files.
+    """
+    init_distributed(cfg.parallel)  # before any jax computation
+    primary = is_primary()
+    # The other processes of a distributed run log warnings only: their progress is process 0's.
+    setup_logging(cfg.log_level if primary else "WARNING")
+    if primary:
+        _check_run_dir(cfg)
     method = get_method(cfg.method)
     run_dir = cfg.run_dir
     own_writer = writer is None
-    writer = writer or MetricWriter(run_dir)
+    if writer is None:
+        writer = MetricWriter(run_dir) if primary else NullWriter()
 
     tasks = load_tasks(cfg)
     if not tasks:
@@ -275,7 +288,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
     graphdef, trainable, frozen = step.split_model(model)
     del model
     frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
-    dp = DataParallel.create(cfg.parallel.num_devices, cfg.parallel.distributed)
+    dp = DataParallel.create(cfg.parallel.num_devices)
     dp.check_batch_size(cfg.train.batch_size, "train.batch_size")
     dp.check_batch_size(cfg.train.eval_batch_size, "train.eval_batch_size")
     trainable, frozen = dp.replicate(trainable), dp.replicate(frozen)
@@ -345,7 +358,8 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | None = None) -> RunResult:
                 "config": cfg.to_dict(),
             },
         )
-        _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone))
+        if primary:
+            _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone))
     ckpt.close()
     done = int(np.sum(~np.isnan(np.diag(acc))))
     summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
@@ -402,7 +416,7 @@ class _TaskContext:
     gates: object
     evaluate: _Evaluator
     train_key: jax.Array
-    writer: MetricWriter
+    writer: MetricWriter | NullWriter
     dp: DataParallel
 
 
