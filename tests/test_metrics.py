@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -191,3 +193,14 @@ def test_results_validation(tmp_path):
     with pytest.raises(ValueError, match="prefix"):
         _write(tmp_path, gap, MF1)
     assert not (tmp_path / "results.json").exists()
+
+
+def test_results_files_get_the_umask_permissions(tmp_path):
+    """The atomic write's temp file starts owner-only; the result must not stay that way."""
+    old = os.umask(0o022)
+    try:
+        _write(tmp_path, _readonly(ACC), _readonly(MF1))
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert modes == dict.fromkeys(["acc_matrix.csv", "mf1_matrix.csv", "results.json"], 0o644)
