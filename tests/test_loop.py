@@ -106,6 +106,14 @@ def test_a_finished_run_resumes_to_the_same_result(world, full_run):
     np.testing.assert_array_equal(res.acc, full_run.acc)
 
 
+def test_padding_and_compilation_keys_do_not_block_a_resume(world, full_run):
+    # Buckets, remat and scan unrolling change no result, so they are not part of the fingerprint.
+    extra = ("train.buckets=[8, 16, 32]", "model.remat=true", "model.scan_unroll=2")
+    res = loop.run(_cfg(world, "full", *extra))
+    assert res.resumed_from == 1
+    np.testing.assert_array_equal(res.acc, full_run.acc)
+
+
 def test_a_run_folder_with_another_config_is_refused(world, full_run):
     with pytest.raises(ConfigError, match="different config.*train.epochs"):
         loop.run(_cfg(world, "full", "train.epochs=3"))

@@ -314,6 +314,9 @@ class BertEncoder(nnx.Module):
         # compiles them all, as an unrolled loop would (slower to compile, lets XLA schedule
         # across layers). Static: part of the graph definition.
         self.scan_unroll = 1
+        # Rematerialise each layer in the backward pass (jax.checkpoint on the scan body): keeps
+        # only the layers' inputs alive, recomputing the rest. Static, like scan_unroll.
+        self.remat = False
 
     def set_compute_dtype(self, dtype: str) -> None:
         """Runs every frozen dense layer's matmul in `dtype` ("bfloat16") with float32
@@ -372,6 +375,8 @@ class BertEncoder(nnx.Module):
                 h, w_l, ln_l, mask_bias, index, key, plugin, pxs, self.config, dtype
             ), None
 
+        if self.remat:
+            body = jax.checkpoint(body)
         index = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
         h, _ = jax.lax.scan(body, h, (w, ln, index, plugin_xs), unroll=self.scan_unroll)
         pooled = jnp.tanh(self.pooler(h[:, 0]))  # [B, D]

@@ -142,7 +142,7 @@ def _diff_keys(old, new, defaults, prefix=""):
     """Dotted keys where config dicts differ; a key absent from `old` with its default is equal."""
     if isinstance(old, dict) and isinstance(new, dict):
         for k in set(old) | set(new):
-            if k in UNFINGERPRINTED and not prefix:
+            if f"{prefix}{k}" in UNFINGERPRINTED:
                 continue
             d = defaults.get(k, _MISSING) if isinstance(defaults, dict) else _MISSING
             yield from _diff_keys(old.get(k, _MISSING), new.get(k, _MISSING), d, f"{prefix}{k}.")
@@ -285,6 +285,9 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
     if cfg.model.scan_unroll < 1:
         raise ConfigError(f"model.scan_unroll must be >= 1, got {cfg.model.scan_unroll}")
     model.encoder.scan_unroll = cfg.model.scan_unroll
+    remat = cfg.model.remat
+    model.encoder.remat = jax.default_backend() == "cpu" if remat is None else remat
+    log.info("layer remat %s on %s", "on" if model.encoder.remat else "off", jax.default_backend())
     graphdef, trainable, frozen = step.split_model(model)
     del model
     frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
