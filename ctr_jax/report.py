@@ -252,12 +252,20 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
         if r["complete"] and r["benchmark"] == bench:
             key = (r["method"], r.get("variant", ""))
             by_group.setdefault(key, []).append(seen_task_curve(r["acc"]))
-    for method, variant in sorted(by_group, key=lambda k: (_method_key(k[0]), k[1])):
+    # One colour per method; a method's variants (--by) share it and differ in line style, so
+    # an ablation reads as families of curves. MTL, the reference, starts from dashed.
+    keys = sorted(by_group, key=lambda k: (_method_key(k[0]), k[1]))
+    methods = sorted({m for m, _ in keys}, key=_method_key)
+    styles = ["-", "--", ":", "-."]
+    seen: dict[str, int] = {}
+    for method, variant in keys:
         curves = np.stack(by_group[method, variant])
         x = np.arange(1, curves.shape[1] + 1)
-        style = "--" if method == "mtl" else "-"
+        i = seen[method] = seen.get(method, -1) + 1
+        style = styles[(i + (method == "mtl")) % len(styles)]
         n = len(curves)
-        ax.plot(x, curves.mean(0), style, marker="o", ms=3,
+        ax.plot(x, curves.mean(0), style, marker="os^D"[i % 4], ms=3,
+                color=f"C{methods.index(method) % 10}",
                 label=f"{_label(method, variant)}: {n} run{'s' if n > 1 else ''}")  # fmt: skip
     from matplotlib.ticker import MaxNLocator
 
