@@ -1,18 +1,22 @@
 """Throughput, compile time and peak memory of the train / eval steps (run by hand, not in CI).
 
     python benchmarks/bench_ctr.py                      # the full table (issue 6)
-    python benchmarks/bench_ctr.py --methods ctr --capacity 19 --padding bucketed
+    python benchmarks/bench_ctr.py --methods ctr --capacity 19 --padding fine --remat on
 
 Every row runs in a fresh subprocess so its peak RSS is its own. Batches are real ASC batches
 (default backbone, order 0 training sets pooled, batch 32; eval: test sets, batch 128), either
-padded to the smallest bucket of (32, 64, 128) ("bucketed"), of (16, 24, 32, 48, 64, 96, 128)
-("fine") or all to 128 ("128"). A row first compiles every padded length it will meet
+padded to the smallest bucket of (16, 24, 32, 48, 64, 96, 128) ("fine", TrainConfig.buckets'
+default), of (32, 64, 128) ("coarse", the default before 2026-11-25; "bucketed" in older tables of
+RESULTS.md) or all to 128 ("128"). A row first compiles every padded length it will meet
 (compile_s is that total, train + eval), then times `--steps` train steps and the eval batches
 over the same mix of lengths.
 
 Columns: method, capacity T (task slots in the model; the current task is T - 1, so the KSM of
 CTR and B-CL works over all T tasks), padding, compile_s, train_ex_s, eval_ex_s, peak_rss_mb
-(host), device_peak_mb (accelerator memory high-water mark, from the allocator; "-" on CPU).
+(host), device_peak_mb (accelerator memory high-water mark, from the allocator; "-" on CPU),
+train_gflop_s (XLA's flop count of the timed train steps, counted on the fully unrolled layer
+loop without remat's recomputation, over their time: how hard the step drives the machine; the header line gives a large
+float32 matmul's rate on the same machine for scale).
 Prints a Markdown table; --json writes the rows too.
 """
 
@@ -27,12 +31,13 @@ import sys
 import time
 
 PADDINGS = {  # --padding choices: the padded lengths a batch may get
-    "bucketed": (32, 64, 128),  # TrainConfig.buckets' default
-    "fine": (16, 24, 32, 48, 64, 96, 128),  # more lengths: less padding, more compilations
+    "fine": (16, 24, 32, 48, 64, 96, 128),  # TrainConfig.buckets' default
+    "coarse": (32, 64, 128),  # fewer compilations, more padding
     "128": (128,),  # the original's fixed padding
 }
-ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "unroll", "compile_s",
-              "train_ex_s", "eval_ex_s", "peak_rss_mb", "device_peak_mb")  # fmt: skip
+ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "unroll", "remat",
+              "compile_s", "train_ex_s", "eval_ex_s", "peak_rss_mb", "device_peak_mb",
+              "train_gflop_s")  # fmt: skip
 
 
 def _batches(padding: str, n_train: int, n_eval: int):
@@ -62,6 +67,21 @@ def _batches(padding: str, n_train: int, n_eval: int):
     return [train[i] for i in order], [evals[i] for i in eval_order]
 
 
+def _matmul_gflop_s(n: int = 2048, reps: int = 10) -> float:
+    """A large float32 matmul's rate: what this machine's BLAS-level kernels reach."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(lambda x: x @ x)
+    jax.block_until_ready(mm(a))
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = mm(a)
+    jax.block_until_ready(out)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
 def run_row(
     method: str,
     capacity: int,
@@ -71,6 +91,7 @@ def run_row(
     width: int,
     max_tokens: int | None = None,
     unroll: int = 1,
+    remat: bool = False,
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -91,14 +112,17 @@ def run_row(
     if dtype != "float32":
         model.encoder.set_compute_dtype(dtype)
     model.encoder.scan_unroll = unroll
+    model.encoder.remat = remat
     graphdef, trainable, frozen = step.split_model(model)
     frozen = _cast_kernels(frozen, dtype)
     train_cfg, hat_cfg = TrainConfig(), HatConfig()
     tx = optim.make_optimizer(train_cfg, optim.decay_mask(trainable))
-    train_step = jax.jit(
-        step.make_train_step(graphdef, tx, hat_cfg, use_hat=m.hat, max_tokens=max_tokens),
-        donate_argnums=(0, 1),
-    )
+
+    def train_fn(graphdef_):
+        fn = step.make_train_step(graphdef_, tx, hat_cfg, use_hat=m.hat, max_tokens=max_tokens)
+        return jax.jit(fn, donate_argnums=(0, 1))
+
+    train_step = train_fn(graphdef)
     eval_step = jax.jit(step.make_eval_step(graphdef, hat_cfg, False))
     P, D = 2 * encoder.config.num_hidden_layers, encoder.config.hidden_size
     masks = hat.HatMasks.zeros(P, width, D)
@@ -125,7 +149,8 @@ def run_row(
                                                jax.random.key(i))  # fmt: skip
         n += int(b.weight.sum())
     jax.block_until_ready(met)
-    train_ex_s = n / (time.perf_counter() - t0)
+    train_s = time.perf_counter() - t0
+    train_ex_s = n / train_s
     t0 = time.perf_counter()
     n = 0
     for b in evals:
@@ -134,25 +159,41 @@ def run_row(
     jax.block_until_ready(out)
     eval_ex_s = n / (time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # XLA counts a scan body once, not once per layer: count on the unrolled graph (lowering
+    # only), without remat's recomputation, so rows compare by the work the step needs.
+    model.encoder.scan_unroll, model.encoder.remat = encoder.config.num_hidden_layers, False
+    counting = train_fn(nnx.split(model, step.TRAINABLE, ...)[0])
+    flops = {}
+    for b in train:
+        if b.input_ids.shape[1] not in flops:
+            lowered = counting.lower(trainable, opt_state, frozen, b, *args, jax.random.key(0))
+            flops[b.input_ids.shape[1]] = lowered.cost_analysis()["flops"]
+    gflop_s = sum(flops[b.input_ids.shape[1]] for b in train) / train_s / 1e9
     stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
     dev_peak = round(stats["peak_bytes_in_use"] / 2**20) if "peak_bytes_in_use" in stats else "-"
     return dict(method=method, capacity=capacity, padding=padding, dtype=dtype,
-                max_tokens=max_tokens, unroll=unroll,
+                max_tokens=max_tokens, unroll=unroll, remat=remat,
                 compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
                 eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak),
-                device_peak_mb=dev_peak)  # fmt: skip
+                device_peak_mb=dev_peak, train_gflop_s=round(gflop_s, 1))  # fmt: skip
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["ctr", "ncl"])
     p.add_argument("--capacity", type=int, nargs="+", default=[1, 5, 10, 19])
-    p.add_argument("--padding", nargs="+", default=["bucketed", "128"], choices=list(PADDINGS))
+    p.add_argument("--padding", nargs="+", default=["fine", "128"], choices=list(PADDINGS))
     p.add_argument("--dtype", nargs="+", default=["float32"])
     p.add_argument("--steps", type=int, default=12, help="timed train steps per row")
     p.add_argument("--tsm-width", type=int, default=2000)
     p.add_argument("--max-tokens", type=int, help="train.max_batch_tokens (microbatching)")
     p.add_argument("--unroll", type=int, default=1, help="model.scan_unroll")
+    p.add_argument(
+        "--remat",
+        choices=["on", "off"],
+        default="on",
+        help="model.remat (default on: the CPU default; pass off on an accelerator)",
+    )
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
     args = p.parse_args()
@@ -162,7 +203,8 @@ def main() -> None:
         return
     import jax
 
-    print(f"devices: {jax.devices()}; cpus: {os.cpu_count()}", flush=True)
+    print(f"devices: {jax.devices()}; cpus: {os.cpu_count()}; "
+          f"float32 matmul 2048^3: {_matmul_gflop_s():.0f} GFLOP/s", flush=True)  # fmt: skip
     print("| " + " | ".join(ROW_FIELDS) + " |\n|" + "---|" * len(ROW_FIELDS), flush=True)
     rows = []
     for method in args.methods:
@@ -173,7 +215,8 @@ def main() -> None:
                 for dtype in args.dtype:
                     spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
                                 dtype=dtype, width=args.tsm_width,
-                                max_tokens=args.max_tokens, unroll=args.unroll)  # fmt: skip
+                                max_tokens=args.max_tokens, unroll=args.unroll,
+                                remat=args.remat == "on")  # fmt: skip
                     proc = subprocess.run(
                         [sys.executable, __file__, "--row", json.dumps(spec)],
                         capture_output=True, text=True,

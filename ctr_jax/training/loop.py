@@ -287,7 +287,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
     model.encoder.scan_unroll = cfg.model.scan_unroll
     remat = cfg.model.remat
     model.encoder.remat = jax.default_backend() == "cpu" if remat is None else remat
-    log.info("layer remat %s on %s", "on" if model.encoder.remat else "off", jax.default_backend())
+    log.info("encoder layer remat: %s (backend %s)", model.encoder.remat, jax.default_backend())
     graphdef, trainable, frozen = step.split_model(model)
     del model
     frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
