@@ -15,8 +15,8 @@ Columns: method, capacity T (task slots in the model; the current task is T - 1,
 CTR and B-CL works over all T tasks), padding, compile_s, train_ex_s, eval_ex_s, peak_rss_mb
 (host), device_peak_mb (accelerator memory high-water mark, from the allocator; "-" on CPU),
 train_gflop_s (XLA's flop count of the timed train steps, counted on the fully unrolled layer
-loop without remat's recomputation, over their time: how hard the step drives the machine; the header line gives a large
-float32 matmul's rate on the same machine for scale).
+loop without remat's recomputation, over their time: how hard the step drives the machine; the
+header line gives a large float32 matmul's rate on the same machine for scale).
 Prints a Markdown table; --json writes the rows too.
 """
 
@@ -191,8 +191,8 @@ def main() -> None:
     p.add_argument(
         "--remat",
         choices=["on", "off"],
-        default="on",
-        help="model.remat (default on: the CPU default; pass off on an accelerator)",
+        default="off",
+        help="model.remat (default off, as the config)",
     )
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process

@@ -81,10 +81,9 @@ class ModelConfig:
     # least compiler memory); the layer count unrolls it fully (benchmarks/RESULTS.md).
     scan_unroll: int = 1
     # Recompute each encoder layer's activations in the backward pass instead of keeping them
-    # (jax.checkpoint): a CTR step's temporary memory falls about 3x, for about 4% more step
-    # time at length 32 and 18% at 128 on CPU (benchmarks/RESULTS.md). None = on when JAX runs
-    # on the CPU (memory is what a laptop lacks), off on accelerators (time is what they lack).
-    remat: bool | None = None
+    # (jax.checkpoint): CTR's peak memory on CPU falls from 4.6 to 2.7 GB (benchmark process,
+    # every length compiled) for 12% slower training on ASC batches (benchmarks/RESULTS.md).
+    remat: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

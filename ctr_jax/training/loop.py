@@ -285,9 +285,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
     if cfg.model.scan_unroll < 1:
         raise ConfigError(f"model.scan_unroll must be >= 1, got {cfg.model.scan_unroll}")
     model.encoder.scan_unroll = cfg.model.scan_unroll
-    remat = cfg.model.remat
-    model.encoder.remat = jax.default_backend() == "cpu" if remat is None else remat
-    log.info("encoder layer remat: %s (backend %s)", model.encoder.remat, jax.default_backend())
+    model.encoder.remat = cfg.model.remat
     graphdef, trainable, frozen = step.split_model(model)
     del model
     frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
