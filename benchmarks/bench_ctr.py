@@ -35,13 +35,14 @@ PADDINGS = {  # --padding choices: the padded lengths a batch may get
     "coarse": (32, 64, 128),  # fewer compilations, more padding
     "128": (128,),  # the original's fixed padding
 }
-ROW_FIELDS = ("method", "capacity", "padding", "dtype", "max_tokens", "unroll", "remat",
+ROW_FIELDS = ("method", "capacity", "width", "padding", "dtype", "max_tokens", "eval_max_tokens",
+              "unroll", "remat",
               "compile_s", "train_ex_s", "eval_ex_s", "peak_rss_mb", "device_peak_mb",
               "train_gflop_s")  # fmt: skip
 
 
-def _batches(padding: str, n_train: int, n_eval: int):
-    """Real ASC batches: (train batches of 32, eval batches of 128)."""
+def _batches(padding: str, n_train: int, n_eval: int, eval_max_tokens: int | None):
+    """Real ASC batches: (train batches of 32, eval batches of up to 128 rows)."""
     import numpy as np
 
     from ctr_jax.data import batching
@@ -61,7 +62,11 @@ def _batches(padding: str, n_train: int, n_eval: int):
     # Eval: all test sets pooled, so every batch is full (the step cost does not depend on the
     # task id; a short last batch of one task would time padding rows instead).
     test, _ = batching.concat_tasks([text.encode(t.split("test")) for t in tasks])
-    evals = [b for b, _ in batching.eval_batches(test, 128, buckets) if b.weight.sum() == 128]
+    evals = [
+        b
+        for b, _ in batching.eval_batches(test, 128, buckets, max_tokens=eval_max_tokens)
+        if b.weight.sum() == b.weight.shape[0]  # full batches of their row size
+    ]
     order = rng.permutation(len(train))[:n_train]
     eval_order = rng.permutation(len(evals))[:n_eval]
     return [train[i] for i in order], [evals[i] for i in eval_order]
@@ -92,6 +97,7 @@ def run_row(
     max_tokens: int | None = None,
     unroll: int = 1,
     remat: bool = False,
+    eval_max_tokens: int | None = None,
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -128,7 +134,7 @@ def run_row(
     masks = hat.HatMasks.zeros(P, width, D)
     opt_state = tx.init(trainable)
     tid = jnp.int32(capacity - 1)
-    train, evals = _batches(padding, steps, max(4, steps // 2))
+    train, evals = _batches(padding, steps, max(4, steps // 2), eval_max_tokens)
     args = (tid, jnp.float32(1.0), jnp.float32(1e-5), masks)
 
     t0 = time.perf_counter()
@@ -171,8 +177,9 @@ def run_row(
     gflop_s = sum(flops[b.input_ids.shape[1]] for b in train) / train_s / 1e9
     stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
     dev_peak = round(stats["peak_bytes_in_use"] / 2**20) if "peak_bytes_in_use" in stats else "-"
-    return dict(method=method, capacity=capacity, padding=padding, dtype=dtype,
-                max_tokens=max_tokens, unroll=unroll, remat=remat,
+    return dict(method=method, capacity=capacity, width=width, padding=padding, dtype=dtype,
+                max_tokens=max_tokens, eval_max_tokens=eval_max_tokens, unroll=unroll,
+                remat=remat,
                 compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
                 eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak),
                 device_peak_mb=dev_peak, train_gflop_s=round(gflop_s, 1))  # fmt: skip
@@ -187,6 +194,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=12, help="timed train steps per row")
     p.add_argument("--tsm-width", type=int, default=2000)
     p.add_argument("--max-tokens", type=int, help="train.max_batch_tokens (microbatching)")
+    p.add_argument(
+        "--eval-max-tokens",
+        type=int,
+        default=4096,
+        help="train.eval_max_tokens (default 4096, as the config; 0 = no cap)",
+    )
     p.add_argument("--unroll", type=int, default=1, help="model.scan_unroll")
     p.add_argument(
         "--remat",
@@ -216,6 +229,7 @@ def main() -> None:
                     spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
                                 dtype=dtype, width=args.tsm_width,
                                 max_tokens=args.max_tokens, unroll=args.unroll,
+                                eval_max_tokens=args.eval_max_tokens or None,
                                 remat=args.remat == "on")  # fmt: skip
                     proc = subprocess.run(
                         [sys.executable, __file__, "--row", json.dumps(spec)],

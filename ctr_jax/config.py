@@ -25,11 +25,14 @@ class ConfigError(ValueError):
 
 # Keys (dotted paths) that never change results beyond float summation order: logging, devices,
 # padded lengths (padding is masked everywhere, tests/test_padding.py) and how the encoder's
-# layer loop is compiled. A run may resume with other values for them.
+# layer loop is compiled. A run may resume with other values for them. (With
+# model.eval_router_noise on, the evaluation's noise draws follow its batches, so the eval
+# batching keys move those draws; off, the default, they change nothing.)
 UNFINGERPRINTED = (
     "log_level",
     "parallel",
     "train.buckets",
+    "train.eval_max_tokens",
     "model.scan_unroll",
     "model.remat",
 )
@@ -116,6 +119,10 @@ class TrainConfig:
     # draws) with a fraction of the activation memory. e.g. 2048: batches of 32 at length 128 run
     # as 2 x 16. None = never split.
     max_batch_tokens: int | None = None
+    # Evaluation batches of more padded tokens (rows x length) than this take fewer rows (32 or
+    # 8 of 128): with 4096, rows of up to 32 tokens still go 128 at a time, while a 128 x 128
+    # batch, whose activations took about 1 GB of CPU memory, runs as four of 32. None = never.
+    eval_max_tokens: int | None = 4096
 
 
 @dataclasses.dataclass(frozen=True)

@@ -71,3 +71,22 @@ def test_short_eval_batches_use_fewer_rows():
     assert [b.input_ids.shape[0] for b, _ in batching.eval_batches(small, 128, (32,))] == [8]
     two = [b.input_ids.shape[0] for b, _ in batching.eval_batches(small, 128, (32,), multiple=4)]
     assert two == [8]
+
+
+def test_eval_token_cap_splits_long_batches_only():
+    # 100 short (length 10, bucket 16) and 100 long (length 100, bucket 128) examples.
+    enc = _encoded([10] * 100 + [100] * 100)
+    uncapped = [b.input_ids.shape for b, _ in batching.eval_batches(enc, 128, (16, 128))]
+    assert uncapped == [(128, 128), (128, 128)]  # the first batch mixes lengths: padded to 128
+    batches = list(batching.eval_batches(enc, 128, (16, 128), max_tokens=4096))
+    shapes = [b.input_ids.shape for b, _ in batches]
+    assert all(r * w <= 4096 or r == 8 for r, w in shapes)
+    # The short rows go 128 at a time, cut where the long ones begin; those go 32 at a time.
+    assert shapes == [(128, 16), (32, 128), (32, 128), (32, 128), (8, 128)]
+    idx = np.concatenate([i for _, i in batches])
+    assert sorted(idx) == list(range(200))  # every example exactly once
+    for b, i in batches:
+        np.testing.assert_array_equal(b.attention_mask.sum(1)[: len(i)], enc.lengths[i])
+    # A cap below the smallest row size's tokens still makes progress, 8 rows at a time.
+    tiny = [b.input_ids.shape for b, _ in batching.eval_batches(enc, 128, (16, 128), max_tokens=1)]
+    assert {r for r, _ in tiny} == {8} and len(tiny) == 25

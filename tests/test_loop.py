@@ -108,10 +108,22 @@ def test_a_finished_run_resumes_to_the_same_result(world, full_run):
 
 def test_padding_and_compilation_keys_do_not_block_a_resume(world, full_run):
     # Buckets, remat and scan unrolling change no result, so they are not part of the fingerprint.
-    extra = ("train.buckets=[8, 16, 32]", "model.remat=true", "model.scan_unroll=2")
+    extra = (
+        "train.buckets=[8, 16, 32]",
+        "train.eval_max_tokens=16",
+        "model.remat=true",
+        "model.scan_unroll=2",
+    )
     res = loop.run(_cfg(world, "full", *extra))
     assert res.resumed_from == 1
     np.testing.assert_array_equal(res.acc, full_run.acc)
+
+
+def test_evaluation_in_small_batches_gives_the_same_matrices(world, full_run):
+    # 16 tokens per batch: every dev and test batch runs 2 rows at a time instead of 8.
+    res = loop.run(_cfg(world, "evalcap", "train.eval_max_tokens=16"))
+    np.testing.assert_array_equal(res.acc, full_run.acc)
+    np.testing.assert_array_equal(res.mf1, full_run.mf1)
 
 
 def test_a_run_folder_with_another_config_is_refused(world, full_run):

@@ -87,19 +87,39 @@ def eval_batches(
     buckets: Sequence[int],
     task_ids: np.ndarray | None = None,
     multiple: int = 1,
+    max_tokens: int | None = None,
 ) -> Iterator[tuple[Batch, np.ndarray]]:
     """Batches sorted by length (fewest padded tokens); yields (batch, original row indices).
 
     A short batch (the last one, or a small test set) gets the smallest of ``row_sizes`` that
     holds it, not `batch_size` rows: most ASC test sets have 20-100 examples, and padding each to
     128 rows made evaluation several times slower. At most 3 batch shapes per padded length.
+
+    max_tokens: a batch holds at most this many padded tokens (rows x length): it takes the
+    largest row size whose run of next examples fits, cut where their bucket would exceed it
+    (at least the smallest row size's worth of examples). Short examples still go 128 at a time,
+    while the long tail of a test set runs as batches of 32 or 8, whose activations are a
+    fraction of one 128 x 128 batch's (about 1 GB of CPU memory with the default backbone).
     """
     order = np.argsort(enc.lengths, kind="stable")
     sizes = row_sizes(batch_size, multiple)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
+    widths = np.array([bucket_for(int(n), buckets) for n in enc.lengths[order]])  # ascending
+    start = 0
+    while start < len(order):
+        take = min(batch_size, len(order) - start)
+        if max_tokens is not None:
+            take = min(sizes[0], take)  # if even the smallest rows overflow: 8 at a time
+            for rows in reversed(sizes):
+                # widths ascend, so the examples that fit `rows` rows are a prefix
+                limit = max_tokens // rows
+                fit = int(np.searchsorted(widths[start : start + rows], limit, "right"))
+                if fit:
+                    take = fit
+                    break
+        idx = order[start : start + take]
         rows = next(s for s in sizes if s >= len(idx))
         yield make_batch(enc, idx, rows, buckets, task_ids), idx
+        start += take
 
 
 def concat_tasks(encs: Sequence[Encoded]) -> tuple[Encoded, np.ndarray]:

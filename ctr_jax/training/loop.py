@@ -228,6 +228,7 @@ class _Evaluator:
                 self.cfg.train.eval_batch_size,
                 self.cfg.train.buckets,
                 multiple=self.dp.size,
+                max_tokens=self.cfg.train.eval_max_tokens,
             )  # fmt: skip
         ):
             key = jax.random.fold_in(jax.random.fold_in(self.key, task_id), i)
