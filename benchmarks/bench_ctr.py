@@ -186,6 +186,9 @@ def run_row(
 
 
 def main() -> None:
+    from ctr_jax.runtime import apply_xla_defaults
+
+    apply_xla_defaults()  # run.py's XLA flags; rows run in subprocesses that inherit them
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--methods", nargs="+", default=["ctr", "ncl"])
     p.add_argument("--capacity", type=int, nargs="+", default=[1, 5, 10, 19])
@@ -217,7 +220,8 @@ def main() -> None:
     import jax
 
     print(f"devices: {jax.devices()}; cpus: {os.cpu_count()}; "
-          f"float32 matmul 2048^3: {_matmul_gflop_s():.0f} GFLOP/s", flush=True)  # fmt: skip
+          f"float32 matmul 2048^3: {_matmul_gflop_s():.0f} GFLOP/s; "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}", flush=True)  # fmt: skip
     print("| " + " | ".join(ROW_FIELDS) + " |\n|" + "---|" * len(ROW_FIELDS), flush=True)
     rows = []
     for method in args.methods:

@@ -14,6 +14,11 @@ from pathlib import Path
 import pytest
 
 from ctr_jax.data.tasks import DataError, resolve_data_root
+from ctr_jax.runtime import apply_xla_defaults
+
+# The suite runs under the XLA flags run.py uses (set before any test starts a JAX backend;
+# subprocesses started by tests inherit them).
+apply_xla_defaults()
 
 REQUIRE_DATA_ENV = "CTR_JAX_REQUIRE_DATA"
 

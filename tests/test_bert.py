@@ -30,6 +30,7 @@ from ctr_jax.models.variables import BertParam, LayerNormParam
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bert_parity_minilm.npz"
 TOL = 1e-4
+TOL_PADDED = 3e-4
 
 
 # ------------------------------------------------------------------------------------------
@@ -79,8 +80,11 @@ def test_parity_with_transformers(minilm, fixture_batch):
     diffs = _diffs(minilm, fixture_batch)
     assert diffs["real"] <= TOL, diffs
     assert diffs["pooled"] <= TOL, diffs
-    # Padded positions are not used downstream, but they match too (margin is smaller there).
-    assert diffs["all"] <= TOL, diffs
+    # Padded positions are not used downstream, but they match too, to a looser bound: their
+    # largest difference was 9.6e-5 under XLA:CPU's fusion emitters and is 1.2e-4 under the
+    # loop emitters run.py selects (ctr_jax/runtime.py); real tokens 4.0e-6 and 5.3e-6. One
+    # wrong LayerNorm epsilon moves them by 1.3e-3.
+    assert diffs["all"] <= TOL_PADDED, diffs
 
 
 def test_parity_check_is_sensitive(backbone_folder, fixture_batch, tmp_path):
@@ -138,7 +142,7 @@ def test_shapes_with_and_without_dropout(tiny):
     chex.assert_trees_all_equal(_apply(tiny, batch), det)  # no hidden state consumed
 
 
-def test_identity_plugin_is_exact_and_called_per_site(tiny):
+def test_identity_plugin_keeps_the_output_and_is_called_per_site(tiny):
     batch = _tiny_batch()
     layers = tiny.config.num_hidden_layers
     calls: list[tuple[str, tuple[int, ...]]] = []
@@ -150,7 +154,10 @@ def test_identity_plugin_is_exact_and_called_per_site(tiny):
 
     xs = jnp.arange(layers, dtype=jnp.int32)
     out = tiny(*batch, plugin=plugin, plugin_xs=xs)
-    chex.assert_trees_all_equal(out, _apply(tiny, batch))
+    # Equal up to float order: the "+ 0" changes XLA's fusions, and under XLA:CPU's loop
+    # emitters (ctr_jax/runtime.py) that moves the last bit (4.8e-7 here). A plugin at the
+    # wrong site or layer moves the output by O(1) (test_plugin_output_is_used).
+    chex.assert_trees_all_close(out, _apply(tiny, batch), atol=2e-6, rtol=1e-6)
     assert calls == [("attn", (3, 9, 32)), ("ffn", (3, 9, 32))]
 
 
