@@ -35,6 +35,7 @@ UNFINGERPRINTED = (
     "train.eval_max_tokens",
     "model.scan_unroll",
     "model.remat",
+    "train.deterministic",
 )
 
 
@@ -123,6 +124,11 @@ class TrainConfig:
     # 8 of 128): with 4096, rows of up to 32 tokens still go 128 at a time, while a 128 x 128
     # batch, whose activations took about 1 GB of CPU memory, runs as four of 32. None = never.
     eval_max_tokens: int | None = 4096
+    # GPU: XLA's deterministic ops (--xla_gpu_deterministic_ops=true), so a rerun of the same
+    # config on the same GPU and software gives bit-identical results (scatter-adds and other
+    # atomics otherwise reorder float sums from run to run). Costs some speed; CPU runs are
+    # deterministic already. run.py sets the flag before JAX starts.
+    deterministic: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -53,6 +53,20 @@ def apply_xla_defaults(
     return added
 
 
+DETERMINISTIC_FLAG = ("xla_gpu_deterministic_ops", "true")
+
+
+def set_xla_flag(name: str, value: str, environ: MutableMapping[str, str] | None = None) -> bool:
+    """Appends --name=value to ``XLA_FLAGS`` unless it sets that flag already (the user's
+    setting wins). Returns whether it was added. Must run before JAX starts a backend."""
+    env = os.environ if environ is None else environ
+    current = env.get("XLA_FLAGS", "")
+    if re.search(rf"--{name}(=|\s|$)", current):
+        return False
+    env["XLA_FLAGS"] = f"{current} --{name}={value}".strip()
+    return True
+
+
 def limit_malloc_arenas(arenas: int = 2) -> None:
     """Caps glibc's malloc arenas (as MALLOC_ARENA_MAX=2 would) unless the user set that.
 

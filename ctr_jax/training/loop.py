@@ -242,18 +242,69 @@ class _Evaluator:
         }
 
 
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path, take: bool):
+    """Holds an exclusive lock on <run_dir>/.lock for the run (when `take`).
+
+    Why: two processes learning into one run folder (a sweep started twice, a second shell)
+    would interleave checkpoints and results. The lock is an OS file lock, so it dies with its
+    process: a crashed or killed run never leaves the folder locked. A no-op without fcntl.
+    """
+    if not take:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / ".lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            raise ConfigError(
+                f"{run_dir} is in use by another run (pid {holder}); wait for it to finish or "
+                "stop it, then rerun to resume"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) -> RunResult:
     """Learns the config's task stream with its method; resumes after the last finished task.
 
     In a multi-process run (``parallel.distributed``) every process calls this with the same
-    config; process 0 alone writes config.json, metrics.jsonl and the results files.
+    config; process 0 alone writes config.json, metrics.jsonl and the results files (and holds
+    the run folder's lock: a second run into the same folder raises ConfigError).
     """
     init_distributed(cfg.parallel)  # before any jax computation
     primary = is_primary()
     # The other processes of a distributed run log warnings only: their progress is process 0's.
     setup_logging(cfg.log_level if primary else "WARNING")
+    with _run_dir_lock(cfg.run_dir, primary):
+        return _run(cfg, writer, primary)
+
+
+def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     if primary:
         _check_run_dir(cfg)
+    if cfg.train.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get(
+        "XLA_FLAGS", ""
+    ):
+        log.warning(
+            "train.deterministic is on but XLA_FLAGS lacks --xla_gpu_deterministic_ops=true: "
+            "run.py sets it; a program of your own must set it before JAX starts"
+        )
     method = get_method(cfg.method)
     run_dir = cfg.run_dir
     own_writer = writer is None
