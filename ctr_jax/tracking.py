@@ -5,6 +5,7 @@ Nothing in ctr_jax calls print(). Progress lines go through `logging` (configure
 
     {"kind": "train_epoch", "task": 0, "epoch": 1, "loss": 0.41}
     {"kind": "eval", "task": 1, "eval_task": 0, "acc": 0.87, "mf1": 0.85}
+    {"kind": "task_end", "task": 1, "seconds": 812.4, "peak_rss_mb": 1893.0, ...}
 
 One JSON object per line, always with a "kind"; the other fields are scalars chosen by the
 caller. numpy / jax scalars (0-d arrays) become Python int / float / bool; lists, tuples and
@@ -148,6 +149,17 @@ class NullWriter:
         pass
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far in MiB (None where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux reports KiB, macOS bytes.
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """All records of <run_dir>/metrics.jsonl, in write order (for tests and reports)."""
     path = Path(run_dir) / METRICS_FILE
@@ -161,6 +173,7 @@ __all__ = [
     "MetricWriter",
     "NullWriter",
     "Writer",
+    "peak_rss_mb",
     "read_metrics",
     "setup_logging",
 ]

@@ -76,6 +76,11 @@ def test_run_writes_the_results_contract(full_run):
         json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert sum(r["kind"] == "epoch" for r in records) == 4  # 2 tasks x 2 epochs
+    ends = [r for r in records if r["kind"] == "task_end"]
+    assert [r["task"] for r in ends] == [0, 1]
+    assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 100 for r in ends)  # jax alone is more
+    assert ends[0]["peak_rss_mb"] <= ends[1]["peak_rss_mb"]  # a peak never falls
+    assert all(r["device_peak_mb"] is None for r in ends)  # the CPU allocator reports none
     assert read_results(res.run_dir)["tasks"] == res.tasks
     # Only trainable state is checkpointed: nothing the size of the frozen encoder's embeddings.
     names = [p.name for p in (res.checkpoint_dir).rglob("*")]

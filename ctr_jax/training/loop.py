@@ -47,7 +47,7 @@ from ctr_jax.models import hat
 from ctr_jax.models.bert import load_pretrained, resolve_backbone
 from ctr_jax.models.classifier import CTRClassifier
 from ctr_jax.parallel import DataParallel, init_distributed, is_primary
-from ctr_jax.tracking import MetricWriter, NullWriter, setup_logging
+from ctr_jax.tracking import MetricWriter, NullWriter, peak_rss_mb, setup_logging
 from ctr_jax.training import optim, step
 
 log = logging.getLogger(__name__)
@@ -396,11 +396,14 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
             continue
         if initial is not None:
             trainable = jax.tree.map(jnp.copy, initial)  # ONE: nothing carries over
+        t_phase = time.perf_counter()
         trainable, masks = _learn_phase(ctx, phase, tasks, encoded, trainable, masks)
         _test_after(ctx, method, t, phase, encoded, trainable, acc, mf1)
         row = " ".join(f"{a:.3f}" for a in acc[t, : t + 1])
-        log.info("after task %d/%d %s: test acc %s | mean %.4f", t + 1, T, names[t], row,
-                 np.mean(acc[t, : t + 1]))  # fmt: skip
+        usage = _resource_usage(time.perf_counter() - t_phase)
+        log.info("after task %d/%d %s: test acc %s | mean %.4f | %s", t + 1, T, names[t], row,
+                 np.mean(acc[t, : t + 1]), _usage_text(usage))  # fmt: skip
+        writer.write("task_end", task=t, **usage)
         ckpt.save(
             t,
             _saveable(trainable, masks, acc, mf1, root_key),
@@ -420,6 +423,27 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     if own_writer:
         writer.close()
     return RunResult(run_dir, names, acc, mf1, summary, run_dir / "checkpoints", resumed, trainable)
+
+
+def _resource_usage(seconds: float) -> dict[str, float | None]:
+    """A phase's wall time, the process's peak host memory so far and, on an accelerator whose
+    allocator reports it, the device's peak memory (MiB; None where unknown)."""
+    stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
+    device = stats.get("peak_bytes_in_use")
+    return {
+        "seconds": round(seconds, 1),
+        "peak_rss_mb": None if (rss := peak_rss_mb()) is None else round(rss, 1),
+        "device_peak_mb": None if device is None else round(device / 2**20, 1),
+    }
+
+
+def _usage_text(usage: dict[str, float | None]) -> str:
+    parts = [f"{usage['seconds']:.0f} s"]
+    if usage["peak_rss_mb"] is not None:
+        parts.append(f"peak RSS {usage['peak_rss_mb'] / 1024:.2f} GB")
+    if usage["device_peak_mb"] is not None:
+        parts.append(f"device peak {usage['device_peak_mb'] / 1024:.2f} GB")
+    return ", ".join(parts)
 
 
 def _test_after(ctx, method: Method, t, phase, encoded, trainable, acc, mf1) -> None:
