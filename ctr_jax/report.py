@@ -36,6 +36,7 @@ import numpy as np
 
 from ctr_jax.methods import METHODS
 from ctr_jax.metrics import RESULTS_FILE, read_results
+from ctr_jax.tracking import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         help="config keys (e.g. train.lr) whose values split a method's runs into separate rows",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    setup_logging("INFO")
     try:
         files = write_report(args.paths, args.out, plots=not args.no_plots, by=args.by)
     except ReportError as e:

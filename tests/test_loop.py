@@ -9,6 +9,7 @@ from ctr_jax.config import ConfigError, load_config
 from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
 from ctr_jax.training import loop
+from tests.test_transfer import check_report
 
 pytestmark = pytest.mark.entry
 
@@ -85,6 +86,10 @@ def test_run_writes_the_results_contract(full_run):
     # Only trainable state is checkpointed: nothing the size of the frozen encoder's embeddings.
     names = [p.name for p in (res.checkpoint_dir).rglob("*")]
     assert not any("word" in n or "query" in n for n in names)
+
+
+def test_transfer_report_of_the_run(full_run, tmp_path):
+    check_report(full_run.run_dir, tmp_path)  # tests/test_transfer.py
 
 
 def test_resume_after_interruption_gives_identical_matrices(world, full_run, monkeypatch):

@@ -77,12 +77,12 @@ def test_bcl_plugin_ignores_future_capsules():
     model = tiny_model(num_classes=(2, 2, 2), ksm="dynamic")
     x = jax.random.normal(jax.random.key(2), (2, 6, 32))
     mask = jnp.ones((2, 6))
-    before = model.plugins.ksm(1, x, mask, jnp.int32(0), None, False)
+    before = model.plugins.ksm(1, x, mask, jnp.int32(0), None, False)[0]
     w = model.plugins.caps_w1[...]
     model.plugins.caps_w1[...] = w.at[:, 1:].set(5.0)  # rewrite tasks 1 and 2's capsules
-    after = model.plugins.ksm(1, x, mask, jnp.int32(0), None, False)
+    after = model.plugins.ksm(1, x, mask, jnp.int32(0), None, False)[0]
     np.testing.assert_array_equal(np.asarray(before), np.asarray(after))
-    during_task_2 = model.plugins.ksm(1, x, mask, jnp.int32(2), None, False)
+    during_task_2 = model.plugins.ksm(1, x, mask, jnp.int32(2), None, False)[0]
     assert np.max(np.abs(np.asarray(during_task_2 - before))) > 1e-3  # ...which task 2 does use
 
 

@@ -33,7 +33,7 @@ class PluginShapesTest(chex.TestCase):
             x = jnp.ones((batch, length, D))
             mask = b.attention_mask.astype(jnp.float32)
             caps = m.plugins.task_capsules(0, x, jnp.int32(1))
-            ksm = m.plugins.ksm(0, x, mask, jnp.int32(1), None, False)
+            ksm = m.plugins.ksm(0, x, mask, jnp.int32(1), None, False)[0]
             g1, g2 = m.plugins.gates(jnp.int32(1), jnp.float32(400.0))
             out = m.plugins(1, x, mask, jnp.int32(1), g1[1], g2[1], None, False)
             logits, gates = _forward(m, b, 1)
@@ -113,8 +113,8 @@ def test_ksm_ignores_whatever_sits_in_padding():
     mask_long = jnp.pad(mask_short, ((0, 0), (0, 10)))
     x_long = jnp.concatenate([x, garbage], axis=1).at[1, 4:6].set(garbage[1, :2])
     for task in (0, 2):
-        short = model.plugins.ksm(0, x, mask_short, jnp.int32(task), None, False)
-        long = model.plugins.ksm(0, x_long, mask_long, jnp.int32(task), None, False)
+        short = model.plugins.ksm(0, x, mask_short, jnp.int32(task), None, False)[0]
+        long = model.plugins.ksm(0, x_long, mask_long, jnp.int32(task), None, False)[0]
         scale = float(jnp.max(jnp.abs(short - model.plugins.big_b[...][0])))
         assert scale > 0.0
         np.testing.assert_allclose(short[0], long[0, :6], rtol=0, atol=1e-5 * scale)

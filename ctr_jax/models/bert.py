@@ -18,6 +18,8 @@ dropout and before the residual + LayerNorm (spec §2)::
     d_f = Dropout(gelu(g W_I + b_I) W_Out + b_Out);  h' = LN_out(plugin(l, "ffn", d_f) + g)
 
 ``xs`` is the layer's slice of ``plugin_xs`` (the plugins' parameters, stacked by layer).
+With ``plugin_aux=True`` the hook returns ``(y, aux)`` instead of ``y``, and the encoder also
+returns every site's ``aux``, stacked by the scan (diagnostics such as ``ctr_jax.transfer``).
 ``__call__`` is pure: dropout is on iff a ``dropout_key`` is given, and the per-layer, per-site
 keys are derived from it by ``jax.random.fold_in``; no ``nnx.Rngs`` state is touched.
 
@@ -40,7 +42,7 @@ from flax import nnx
 
 from ctr_jax.models.variables import BertParam, LayerNormParam
 
-PluginFn = Callable[[jax.Array, str, jax.Array, Any], jax.Array]
+PluginFn = Callable[[jax.Array, str, jax.Array, Any], Any]  # -> y, or (y, aux) with plugin_aux
 """(layer index [] int32, site ``"attn" | "ffn"``, x [B, L, D], the layer's plugin_xs slice)
 -> [B, L, D]."""
 
@@ -263,11 +265,13 @@ def _layer(
     plugin_xs: Any,
     config: BertConfig,
     dtype: str | None,
-) -> jax.Array:
+    plugin_aux: bool = False,
+) -> tuple[jax.Array, Any]:
     """One post-LN transformer layer with the two plugin sites of spec §2 (a pure function).
 
     h: [B, L, D]; w: name -> (kernel, bias) of this layer; ln: "attn" / "out" -> (scale, bias);
-    mask_bias: [B, 1, 1, L] additive; index: [] int32 layer index -> [B, L, D].
+    mask_bias: [B, 1, 1, L] additive; index: [] int32 layer index -> ([B, L, D], aux), aux =
+    {"attn": ..., "ffn": ...} from the hook with ``plugin_aux``, else None.
     """
     b, length, d = h.shape
     eps = config.layer_norm_eps
@@ -285,14 +289,22 @@ def _layer(
     )
     ctx = jnp.einsum("bnqk,bkne->bqne", probs, v).reshape(b, length, d)  # [B, L, D]
 
+    aux = {}
+
+    def site(name: str, x: jax.Array) -> jax.Array:
+        if plugin is None:
+            return x
+        out = plugin(index, name, x, plugin_xs)
+        if plugin_aux:
+            out, aux[name] = out
+        return out
+
     d_a = _dropout(dense("attn_out", ctx), config.hidden_dropout_prob, _key(key, 1))
-    p_a = plugin(index, "attn", d_a, plugin_xs) if plugin is not None else d_a
-    g = _layer_norm(p_a + h, *ln["attn"], eps)  # [B, L, D]
+    g = _layer_norm(site("attn", d_a) + h, *ln["attn"], eps)  # [B, L, D]
 
     u = jax.nn.gelu(dense("intermediate", g), approximate=False)  # [B, L, F]
     d_f = _dropout(dense("ffn_out", u), config.hidden_dropout_prob, _key(key, 2))
-    p_f = plugin(index, "ffn", d_f, plugin_xs) if plugin is not None else d_f
-    return _layer_norm(p_f + g, *ln["out"], eps)
+    return _layer_norm(site("ffn", d_f) + g, *ln["out"], eps), (aux if plugin_aux else None)
 
 
 class BertEncoder(nnx.Module):
@@ -335,7 +347,8 @@ class BertEncoder(nnx.Module):
         dropout_key: jax.Array | None = None,
         plugin: PluginFn | None = None,
         plugin_xs: Any = None,
-    ) -> tuple[jax.Array, jax.Array]:
+        plugin_aux: bool = False,
+    ) -> tuple[jax.Array, jax.Array] | tuple[jax.Array, jax.Array, Any]:
         """Encodes a batch.
 
         Args:
@@ -347,9 +360,11 @@ class BertEncoder(nnx.Module):
             traced once inside the layer scan.
           plugin_xs: a pytree whose leaves have a leading num_layers axis; the hook gets layer
             l's slice as ``xs`` (the per-layer plugin parameters).
+          plugin_aux: the hook returns ``(y, aux)``; the sites' aux come back stacked.
 
         Returns:
-          (last_hidden [B, L, D], pooled [B, D]) with pooled = tanh(h[:, 0] W_p + b_p), no dropout.
+          (last_hidden [B, L, D], pooled [B, D]) with pooled = tanh(h[:, 0] W_p + b_p), no dropout;
+          with ``plugin_aux`` also {"attn": aux, "ffn": aux} with a leading [num_layers] axis.
         """
         h = self.embeddings(input_ids, token_type_ids, _key(dropout_key, 0))  # [B, L, D]
         neg = jnp.finfo(h.dtype).min
@@ -372,15 +387,15 @@ class BertEncoder(nnx.Module):
             w_l, ln_l, index, pxs = xs
             key = _key(dropout_key, index + 1)
             return _layer(
-                h, w_l, ln_l, mask_bias, index, key, plugin, pxs, self.config, dtype
-            ), None
+                h, w_l, ln_l, mask_bias, index, key, plugin, pxs, self.config, dtype, plugin_aux
+            )
 
         if self.remat:
             body = jax.checkpoint(body)
         index = jnp.arange(self.config.num_hidden_layers, dtype=jnp.int32)
-        h, _ = jax.lax.scan(body, h, (w, ln, index, plugin_xs), unroll=self.scan_unroll)
+        h, aux = jax.lax.scan(body, h, (w, ln, index, plugin_xs), unroll=self.scan_unroll)
         pooled = jnp.tanh(self.pooler(h[:, 0]))  # [B, D]
-        return h, pooled
+        return (h, pooled, aux) if plugin_aux else (h, pooled)
 
 
 # --------------------------------------------------------------------------------------------

@@ -80,13 +80,15 @@ class CTRClassifier(nnx.Module):
         router_key: jax.Array | None = None,
         straight_through: bool = False,
         head_ids: jax.Array | None = None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+        probe: bool = False,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]] | tuple[jax.Array, tuple, dict]:
         """ids/mask: [B, L] int32, task_id: [] int32, s: [] float.
 
         head_ids: [B] int32, the head (task) of each example; None = task_id for all (MTL mixes
         tasks in a batch, every other method feeds one task at a time).
         Returns (logits [B, C_max], gates (g1 [P, A], g2 [P, D])). dropout_key None = eval mode;
-        router_key None = deterministic router.
+        router_key None = deterministic router. probe: also return every plugin's probe record
+        (``CLPlugins.__call__``) as {"attn": ..., "ffn": ...}, each leaf [num_layers, B, ...].
         """
         g1, g2 = self.plugins.gates(task_id, s)
         mask = attention_mask.astype(jnp.float32)
@@ -103,15 +105,16 @@ class CTRClassifier(nnx.Module):
             params, a, b = xs  # this layer's: name -> [2, ...], gates [2, A], [2, D]
             prm = {name: v[j] for name, v in params.items()}
             key = None if router_key is None else jax.random.fold_in(router_key, 2 * layer + j)
-            return self.plugins(prm, x, mask, task_id, a[j], b[j], key, straight_through)
+            return self.plugins(prm, x, mask, task_id, a[j], b[j], key, straight_through, probe)
 
-        _, pooled = self.encoder(
+        _, pooled, *aux = self.encoder(
             input_ids,
             token_type_ids,
             attention_mask,
             dropout_key=enc_key,
             plugin=plugin,
             plugin_xs=plugin_xs,
+            plugin_aux=probe,
         )
         pooled = _dropout(pooled, POOLED_DROPOUT, pool_key)  # [B, D]
         if head_ids is None:
@@ -120,4 +123,5 @@ class CTRClassifier(nnx.Module):
         b = jnp.take(self.head_b[...], head_ids, axis=0)  # [B, C_max]
         logits = jnp.einsum("bd,bdc->bc", pooled, w) + b
         valid = jnp.take(self.class_valid[...], head_ids, axis=0)  # [B, C_max]
-        return jnp.where(valid, logits, NEG_INF), (g1, g2)
+        logits = jnp.where(valid, logits, NEG_INF)
+        return (logits, (g1, g2), aux[0]) if probe else (logits, (g1, g2))

@@ -303,22 +303,26 @@ class CLPlugins(nnx.Module):
         task_id: jax.Array,
         router_key: jax.Array | None,
         straight_through: bool,
-    ) -> jax.Array:
-        """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] -> [B, L, D]."""
+    ) -> tuple[jax.Array, jax.Array]:
+        """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] ->
+        ([B, L, D], route [B, T]: how much each task's capsules feed this example's output)."""
         if self.ksm_kind == "dynamic":
             return self.dynamic_ksm(p, x, mask, task_id)
         return self.transfer_ksm(p, x, mask, task_id, router_key, straight_through)
 
     def dynamic_ksm(
         self, p: PluginRef, x: jax.Array, mask: jax.Array, task_id: jax.Array
-    ) -> jax.Array:
-        """B-CL's KSM of plugin p: task capsules + dynamic routing. x: [B, L, D] -> [B, L, D]."""
+    ) -> tuple[jax.Array, jax.Array]:
+        """B-CL's KSM of plugin p: task capsules + dynamic routing. x: [B, L, D] ->
+        ([B, L, D], route [B, T] = the coupling coefficients' mean over real tokens and N)."""
         prm = self._params(p)
         _, pre = self._pre_route(prm, x, mask, task_id)
-        votes, _ = dynamic_routing(
+        votes, c = dynamic_routing(
             pre, jnp.arange(self.num_tasks) <= task_id, self.cfg.routing_iters
         )
-        return self._project(prm, votes)
+        n = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [B]
+        route = jnp.einsum("bltn,bl->bt", c, mask) / (n[:, None] * c.shape[-1])  # [B, T]
+        return self._project(prm, votes), route
 
     def _pre_route(
         self, prm: Params, x: jax.Array, mask: jax.Array, task_id: jax.Array
@@ -343,8 +347,9 @@ class CLPlugins(nnx.Module):
         task_id: jax.Array,
         router_key: jax.Array | None,
         straight_through: bool,
-    ) -> jax.Array:
-        """CTR's KSM of plugin p (transfer routing). x: [B, L, D], mask: [B, L] -> [B, L, D]."""
+    ) -> tuple[jax.Array, jax.Array]:
+        """CTR's KSM of plugin p (transfer routing). x: [B, L, D], mask: [B, L] ->
+        ([B, L, D], route [B, T] = the router's gate delta_k for k <= t, 0 for later tasks)."""
         prm = self._params(p)
         B, L, _ = x.shape
         T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
@@ -380,7 +385,7 @@ class CLPlugins(nnx.Module):
         causal = (jnp.arange(T) <= task_id).astype(x.dtype)  # [T]
         weight = sim.reshape(B, T, N, C) * (delta * causal)[:, :, None, None]  # [B, T, N, C]
         v = jnp.einsum("btnc,bltnc->blnc", weight, pre)  # [B, L, N, C]
-        return self._project(prm, v)
+        return self._project(prm, v), jax.lax.stop_gradient(delta) * causal
 
     def _stacked_names(self) -> list[str]:
         """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
@@ -427,12 +432,31 @@ class CLPlugins(nnx.Module):
         g2: jax.Array,
         router_key: jax.Array | None,
         straight_through: bool,
-    ) -> jax.Array:
-        """Plugin p. x: [B, L, D], mask: [B, L] (1 = token), g1: [A], g2: [D] -> [B, L, D]."""
+        probe: bool = False,
+    ) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
+        """Plugin p. x: [B, L, D], mask: [B, L] (1 = token), g1: [A], g2: [D] -> [B, L, D].
+
+        probe: also return what each part contributes, per example (``ctr_jax.transfer``):
+        {"route": [B, T] (``ksm``; zeros without a KSM), "x_rms", "ksm_rms", "tsm_rms": [B],
+        the RMS over real tokens of the plugin's input, the KSM's output and the TSM's output}.
+        """
         prm = self._params(p)
         h = x
+        ksm = route = None
         if self.ksm_kind is not None:
-            h = x + self.ksm(prm, x, mask, task_id, router_key, straight_through)
+            ksm, route = self.ksm(prm, x, mask, task_id, router_key, straight_through)
+            h = x + ksm
         a1 = jax.nn.relu(h @ prm["w1"] + prm["b1"]) * g1  # [B, L, A]
         a2 = jax.nn.relu(a1 @ prm["w2"] + prm["b2"]) * g2  # [B, L, D]
-        return x + a2
+        if not probe:
+            return x + a2
+        n = jnp.maximum(jnp.sum(mask, axis=1), 1.0) * x.shape[-1]  # [B] real entries
+
+        def rms(y: jax.Array | None) -> jax.Array:
+            if y is None:
+                return jnp.zeros(x.shape[:1], x.dtype)
+            return jnp.sqrt(jnp.einsum("bld,bl->b", jnp.square(y), mask) / n)
+
+        if route is None:
+            route = jnp.zeros((x.shape[0], self.num_tasks), x.dtype)
+        return x + a2, {"route": route, "x_rms": rms(x), "ksm_rms": rms(ksm), "tsm_rms": rms(a2)}

@@ -36,7 +36,7 @@ from flax import nnx
 
 from ctr_jax import metrics
 from ctr_jax.checkpoint import TaskCheckpointer
-from ctr_jax.config import UNFINGERPRINTED, ConfigError, ExperimentConfig
+from ctr_jax.config import UNFINGERPRINTED, ConfigError, ExperimentConfig, from_dict
 from ctr_jax.data import batching
 from ctr_jax.data.benchmarks import load_benchmark
 from ctr_jax.data.custom import load_custom
@@ -280,6 +280,86 @@ def _run_dir_lock(run_dir: Path, take: bool):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def build_model(
+    cfg: ExperimentConfig, method: Method, tasks: list[Task], backbone: Path
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """The method's model on the pretrained backbone, freshly initialised from ``cfg.seed``, as
+    (graphdef, trainable, frozen) (``step.split_model``; frozen kernels in the compute dtype)."""
+    rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 0))
+    model = CTRClassifier(
+        load_pretrained(backbone),
+        [t.num_classes for t in tasks],
+        cfg.model,
+        ksm=method.ksm,
+        use_hat=method.hat,
+        rngs=rngs,
+    )
+    if cfg.model.compute_dtype != "float32":
+        model.encoder.set_compute_dtype(cfg.model.compute_dtype)
+    if cfg.model.scan_unroll < 1:
+        raise ConfigError(f"model.scan_unroll must be >= 1, got {cfg.model.scan_unroll}")
+    model.encoder.scan_unroll = cfg.model.scan_unroll
+    model.encoder.remat = cfg.model.remat
+    graphdef, trainable, frozen = step.split_model(model)
+    return graphdef, trainable, _cast_kernels(frozen, cfg.model.compute_dtype)
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A run folder's newest checkpoint, rebuilt for analysis (``load_trained``)."""
+
+    cfg: ExperimentConfig
+    method: Method
+    tasks: list[Task]
+    encoded: list[dict[str, Encoded]]  # per task: "train" / "dev" / "test"
+    graphdef: nnx.GraphDef
+    trainable: nnx.State
+    frozen: nnx.State
+    masks: hat.HatMasks
+    acc: np.ndarray  # [T, T] as in results.json, NaN where not evaluated
+    mf1: np.ndarray
+    last_task: int  # index of the newest finished task (phase)
+
+
+def load_trained(run_dir: Path) -> TrainedRun:
+    """Rebuilds a run folder's model from its config.json and newest task checkpoint.
+
+    Raises ConfigError naming the folder if it has no config.json or no finished task.
+    """
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    try:
+        raw = json.loads(config_file.read_text())
+    except OSError as e:
+        raise ConfigError(f"{config_file}: cannot read the run's config ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_file}: invalid JSON ({e})") from e
+    if not isinstance(raw, dict) or "config" not in raw:
+        raise ConfigError(f"{config_file}: no 'config' key (not a run folder's config.json)")
+    cfg = from_dict(ExperimentConfig, raw["config"])
+    method = get_method(cfg.method)
+    tasks = load_tasks(cfg)
+    backbone = resolve_backbone(cfg.model.backbone)
+    text = TextEncoder(backbone, cfg.data.max_len)
+    encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
+    graphdef, trainable, frozen = build_model(cfg, method, tasks, backbone)
+    P, D = trainable["plugins"]["w2"][...].shape[0], trainable["plugins"]["w2"][...].shape[2]
+    masks = hat.HatMasks.zeros(P, cfg.model.tsm_width, D)
+    T = len(tasks)
+    acc = mf1 = np.full((T, T), np.nan)
+    with TaskCheckpointer(run_dir / "checkpoints") as ckpt:
+        last = ckpt.latest_task()
+        if last is None:
+            raise ConfigError(f"{run_dir / 'checkpoints'}: no finished task to analyse")
+        like = _saveable(trainable, masks, acc, mf1, jax.random.key(cfg.seed))
+        state, _ = ckpt.restore(last, like)
+    return TrainedRun(
+        cfg, method, tasks, encoded, graphdef, _unflat(trainable, state["trainable"]), frozen,
+        hat.HatMasks(m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])),
+        np.array(state["acc"]), np.array(state["mf1"]), last,
+    )  # fmt: skip
+
+
 def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) -> RunResult:
     """Learns the config's task stream with its method; resumes after the last finished task.
 
@@ -323,24 +403,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
     log.info("tokenized %d tasks in %.1fs", T, time.perf_counter() - t0)
 
-    rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 0))
-    model = CTRClassifier(
-        load_pretrained(backbone),
-        [t.num_classes for t in tasks],
-        cfg.model,
-        ksm=method.ksm,
-        use_hat=method.hat,
-        rngs=rngs,
-    )
-    if cfg.model.compute_dtype != "float32":
-        model.encoder.set_compute_dtype(cfg.model.compute_dtype)
-    if cfg.model.scan_unroll < 1:
-        raise ConfigError(f"model.scan_unroll must be >= 1, got {cfg.model.scan_unroll}")
-    model.encoder.scan_unroll = cfg.model.scan_unroll
-    model.encoder.remat = cfg.model.remat
-    graphdef, trainable, frozen = step.split_model(model)
-    del model
-    frozen = _cast_kernels(frozen, cfg.model.compute_dtype)
+    graphdef, trainable, frozen = build_model(cfg, method, tasks, backbone)
     dp = DataParallel.create(cfg.parallel.num_devices)
     dp.check_batch_size(cfg.train.batch_size, "train.batch_size")
     dp.check_batch_size(cfg.train.eval_batch_size, "train.eval_batch_size")
