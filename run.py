@@ -69,7 +69,7 @@ def _plan(args: argparse.Namespace) -> list[tuple[str | None, ExperimentConfig]]
 def _run_parallel(args: argparse.Namespace, runs) -> int:
     """Each run as `run.py --config FILE [--set ...] [--orders o --seeds s]` in a child process,
     args.jobs at a time (``ctr_jax.launch``). Returns 0 if every run succeeded."""
-    from ctr_jax.launch import Job, run_jobs, summary_line
+    from ctr_jax.launch import Job, Terminated, run_jobs, summary_line
     from ctr_jax.tracking import setup_logging
 
     setup_logging(runs[0][1].log_level)
@@ -89,6 +89,10 @@ def _run_parallel(args: argparse.Namespace, runs) -> int:
         print("interrupted: finished tasks are checkpointed in every run folder; "
               "rerun the same command to resume", file=sys.stderr)  # fmt: skip
         return 130
+    except Terminated:
+        print("terminated: the runs were stopped; each keeps its finished tasks, and rerunning "
+              "the same command resumes them", file=sys.stderr)  # fmt: skip
+        return 143
     for o in outcomes:
         status = "ok" if o.returncode == 0 else f"exit code {o.returncode}"
         log.info("%-32s %-12s %s", o.job.name, status, summary_line(o.job.run_dir))

@@ -22,6 +22,7 @@ import logging
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +36,14 @@ _MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
 _STATUS_EVERY_S = 300.0
 _GRACE_S = 10.0  # after Ctrl-C: time for the children to stop on the signal they received
 _STOP_S = 120.0  # then SIGINT from us, and this long before SIGKILL
+
+
+class Terminated(Exception):
+    """The sweep's parent got SIGTERM (``kill``, ``timeout``, a batch scheduler's stop)."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"signal {signum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +104,10 @@ def run_jobs(
 
     Returns one Outcome per job (same order). On KeyboardInterrupt the running children are
     stopped (they keep every finished task: a rerun resumes them), and the interrupt is raised
-    again once they have exited. Each child's stdout and stderr go to <run_dir>/log.txt.
+    again once they have exited. SIGTERM to this process is passed on to the children at once,
+    then ``Terminated`` is raised once they have exited: a parent stopped by ``kill`` or a
+    scheduler never leaves its runs going on unsupervised. Each child's stdout and stderr go to
+    <run_dir>/log.txt.
     """
     if max_parallel < 1:
         raise ValueError(f"max_parallel must be >= 1, got {max_parallel}")
@@ -104,6 +116,9 @@ def run_jobs(
     waiting = list(jobs)
     running: dict[str, tuple[subprocess.Popen, float]] = {}
     last_status = time.monotonic()
+    # signal.signal works in the main thread only; elsewhere SIGTERM keeps its disposition.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     try:
         while waiting or running:
             while waiting and len(running) < max_parallel:
@@ -139,18 +154,28 @@ def run_jobs(
     except KeyboardInterrupt:
         _stop([proc for proc, _ in running.values()])
         raise
+    except Terminated:
+        log.warning("SIGTERM: stopping %d running runs (%s)", len(running), ", ".join(running))
+        _stop([proc for proc, _ in running.values()], signal.SIGTERM, grace_s=0.0)
+        raise
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return [outcomes[job.name] for job in jobs]
 
 
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Stops children after a Ctrl-C. A terminal's Ctrl-C reaches them directly (same process
-    group), so first give them time to stop on it; a parent interrupted alone forwards it."""
-    deadline = time.monotonic() + _GRACE_S
+def _stop(
+    procs: list[subprocess.Popen], sig: int = signal.SIGINT, grace_s: float | None = None
+) -> None:
+    """Stops children. After a Ctrl-C (SIGINT): a terminal's Ctrl-C reaches them directly (same
+    process group), so first give them `grace_s` (default _GRACE_S) to stop on it; a parent
+    interrupted alone forwards it. Then `sig`, and SIGKILL after _STOP_S."""
+    deadline = time.monotonic() + (_GRACE_S if grace_s is None else grace_s)
     while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
         time.sleep(0.2)
     alive = [p for p in procs if p.poll() is None]
     for p in alive:
-        p.send_signal(signal.SIGINT)
+        p.send_signal(sig)
     for p in alive:
         try:
             p.wait(timeout=_STOP_S)

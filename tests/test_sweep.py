@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import sys
+import time
 
 import pytest
 
@@ -165,6 +166,32 @@ def test_ctrl_c_stops_the_running_children_and_starts_no_more(tmp_path, monkeypa
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+    for job in jobs[:2]:
+        pid = int((job.run_dir / "pid").read_text())
+        with pytest.raises(ProcessLookupError):  # stopped and reaped
+            os.kill(pid, 0)
+    assert not jobs[2].run_dir.exists()  # the waiting run never started
+
+
+def test_sigterm_stops_the_running_children_at_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(launch, "_GRACE_S", 60.0)  # SIGTERM must not wait for a Ctrl-C grace
+    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    jobs = [
+        launch.Job(f"r{i}", tmp_path / f"r{i}", (str(tmp_path / f"r{i}" / "pid"),))
+        for i in range(3)
+    ]
+    before = signal.getsignal(signal.SIGTERM)
+    old = signal.signal(signal.SIGALRM, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    t0 = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 3.0)
+        with pytest.raises(launch.Terminated):
+            launch.run_jobs(jobs, 2, [sys.executable, "-c", script], poll_s=0.05)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 30.0
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
     for job in jobs[:2]:
         pid = int((job.run_dir / "pid").read_text())
         with pytest.raises(ProcessLookupError):  # stopped and reaped
