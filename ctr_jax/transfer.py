@@ -178,7 +178,9 @@ def analyse(run: TrainedRun, split: str = "test") -> dict:
 
 
 def plot_route(report: dict, path: Path) -> None:
-    """Heatmap of report["route"] (rows: task evaluated, columns: source task)."""
+    """Left: heatmap of report["route"] (rows: task evaluated, columns: source task). Right: the
+    share of earlier tasks routed per plugin (report["route_by_plugin"]), where the router's
+    decisions show whether they depend on the source task or only on the plugin."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,7 +188,10 @@ def plot_route(report: dict, path: Path) -> None:
 
     r = np.array([[np.nan if v is None else v for v in row] for row in report["route"]])
     T = len(r)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * T + 3), max(4.0, 0.45 * T + 2)))
+    size = max(4.0, 0.45 * T + 2.5)
+    fig, (ax, bx) = plt.subplots(
+        1, 2, figsize=(2 * size + 1.5, size), gridspec_kw={"width_ratios": [1.15, 1]}
+    )
     im = ax.imshow(r, vmin=0.0, vmax=1.0, cmap="viridis")
     for u in range(T):
         for k in range(u + 1):
@@ -196,9 +201,21 @@ def plot_route(report: dict, path: Path) -> None:
     ax.set_yticks(range(T), range(T))
     ax.set_xlabel("source task k (capsules routed)")
     ax.set_ylabel("task u (its test examples)")
-    share = "router gate delta_k = 1" if report["method"] == "ctr" else "coupling coefficient"
-    ax.set_title(f"{report['name']}: {share}, mean over examples and plugins", fontsize=9)
+    share = "router gate for k open" if report["method"] == "ctr" else "coupling coefficient"
+    ax.set_title(f"{share}\nmean over examples and plugins", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    per_plugin = report["route_by_plugin"]
+    if per_plugin:
+        labels = [f"L{p // 2}{'af'[p % 2]}" for p in range(len(per_plugin))]
+        bx.bar(range(len(per_plugin)), per_plugin, color="tab:blue")
+        bx.set_xticks(range(len(per_plugin)), labels, fontsize=7, rotation=90)
+        bx.set_ylim(0.0, 1.0)
+        bx.set_xlabel("plugin (layer, a = after attention, f = after FFN)")
+        bx.set_title("earlier tasks routed, per plugin\n(mean over tasks u >= 1)", fontsize=9)
+    else:
+        bx.axis("off")
+    fig.suptitle(f"{report['name']} ({report['split']} split, after task {report['after_task']})",
+                 fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

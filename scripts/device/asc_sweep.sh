@@ -13,8 +13,10 @@
 #  `bash scripts/device/asc_sweep.sh` works as well.)
 # At DEADLINE seconds the sweep gets SIGINT: every run keeps its finished tasks (results.json
 # and the matrices are written after each task) and a later sweep resumes them.
+# After the sweep, `python -m ctr_jax.transfer` analyses every CTR / B-CL run with a checkpoint
+# (transfer.json/.csv/.png in its run folder), in the last PROBE_S seconds before DEADLINE.
 # Env: DEADLINE, STASH (/root/stash), PY (python3), METHODS, ORDERS, SEEDS, JOBS, EXTRA (more
-# --set KEY=VALUE words), NAME (run name prefix, default gpu).
+# --set KEY=VALUE words), NAME (run name prefix, default gpu), PROBE_S (60; 0 = no analysis).
 set -u
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-520}
@@ -27,6 +29,7 @@ SEEDS=${SEEDS:-"0"}
 JOBS=${JOBS:-6}
 EXTRA=${EXTRA:-}
 NAME=${NAME:-gpu}
+PROBE_S=${PROBE_S:-60}
 mkdir -p "$OUT" logs
 el() { echo $(( $(date +%s) - T0 )); }
 
@@ -53,9 +56,14 @@ for m in $METHODS; do configs="$configs configs/asc_$m.yaml"; done
 sets=()
 for w in $EXTRA; do sets+=(--set "$w"); done
 # shellcheck disable=SC2086
-timeout -s INT "$(( DEADLINE - $(el) ))" $PY run.py --config $configs --orders $ORDERS \
+timeout -s INT "$(( DEADLINE - PROBE_S - $(el) ))" $PY run.py --config $configs --orders $ORDERS \
   --seeds $SEEDS --jobs "$JOBS" --set model.backbone="$M" --set 'train.buckets=[32,64,128]' \
   "${sets[@]}" --set "runs_dir=runs/$NAME" 2>&1 | tee logs/sweep.log
 echo "sweep ended at $(el) s"
+for d in runs/"$NAME"/*ctr* runs/"$NAME"/*bcl*; do
+  left=$(( DEADLINE - $(el) ))
+  [ -d "$d/checkpoints" ] && [ "$left" -gt 5 ] || continue
+  timeout -s INT "$left" $PY -m ctr_jax.transfer "$d" 2>&1 | tail -4
+done
 tar czf "$OUT"/runs.tgz --exclude=checkpoints --exclude=.lock runs logs
 ls -la "$OUT"
