@@ -19,6 +19,21 @@ CTR or B-CL run it writes to ``--out`` (default: the run folder):
     zero at evaluation (its projection W_big, b_big zeroed): what the trained TSM draws from it.
   - ``route_by_plugin[p]``: the mean share of *earlier* tasks routed, over tasks u >= 1, per plugin
     (p = 2 * layer + site, site 0 after attention, 1 after the FFN).
+  - ``router_by_plugin[p]`` (CTR): what the router's decisions depend on. Its noise-free logit
+    margin m = r_k[0] - r_k[1] (> 0: transfer from k) over every task u, example and source task
+    k <= u: ``margin_mean``; ``margin_sd_examples``, its spread over the examples of a task for
+    one source task (root mean variance); ``margin_sd_tasks``, its spread over the source tasks
+    k <= u for one example (tasks u >= 1); and ``train_open_prob``, the mean of sigmoid(m), the
+    chance that the gate opens in training, where Gumbel noise adds a standard logistic
+    variable to m. A router that picks source tasks per example needs spreads comparable to
+    that noise (standard deviation 1.81); with spreads near 0 each plugin's gate is one constant
+    decision, the same for every example and source task.
+  - with ``--grads N``, ``grad_rms_by_plugin[group][p]``: the RMS gradient of the training loss
+    (cross-entropy, with the training's dropout and router noise) over N training batches of
+    every task u, per plugin, for the parameter groups of ``GRAD_GROUPS`` (the task capsules:
+    task u's own), beside ``adam_eps``. Adam divides by sqrt(v) + eps, so a group whose
+    gradients are far below eps moves at a small fraction of the learning rate: it does not
+    train.
 - ``transfer_matrix.csv`` (rows u, columns k) and ``transfer.png`` (its heatmap).
 
 The analysis uses the final model: the routers and similarity CNNs are shared and unprotected,
@@ -30,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -45,18 +61,20 @@ from ctr_jax import metrics
 from ctr_jax.config import ConfigError
 from ctr_jax.data import batching
 from ctr_jax.data.tokenize import Encoded
+from ctr_jax.models.bert import resolve_backbone
 from ctr_jax.tracking import setup_logging
-from ctr_jax.training.loop import TrainedRun, load_trained
+from ctr_jax.training import optim
+from ctr_jax.training.loop import TrainedRun, build_model, load_trained
 
 log = logging.getLogger(__name__)
 
-_RECORDS = ("route", "x_rms", "ksm_rms", "tsm_rms")
+_RECORDS = ("route", "margin", "x_rms", "ksm_rms", "tsm_rms")
 
 
 def make_probe_step(graphdef: nnx.GraphDef, s_max: float, router_noise: bool) -> Callable:
     """Un-jitted eval step that also returns every plugin's probe record (``CLPlugins``).
 
-    (trainable, frozen, batch, task_id [], key) -> {"preds": [B], "route": [P, B, T],
+    (trainable, frozen, batch, task_id [], key) -> {"preds": [B], "route" / "margin": [P, B, T],
     "x_rms" / "ksm_rms" / "tsm_rms": [P, B]}, with p = 2 * layer + site.
     """
 
@@ -116,11 +134,47 @@ def _probe_split(run: TrainedRun, step, trainable, enc: Encoded, task_id: int) -
     return out
 
 
-def analyse(run: TrainedRun, split: str = "test") -> dict:
+def router_stats(margins: list[np.ndarray]) -> list[dict[str, float]]:
+    """Per-plugin summary of the router's logit margins (module docstring, ``router_by_plugin``).
+
+    margins[u]: [P, N_u, u + 1], the margins of task u's N_u examples for source tasks k <= u.
+    -> one dict per plugin: margin_mean, margin_sd_examples, margin_sd_tasks (None with a single
+    task), train_open_prob.
+    """
+    P = margins[0].shape[0]
+    out = []
+    for p in range(P):
+        per_task = [m[p] for m in margins]  # [N_u, u + 1] each
+        flat = np.concatenate([m.ravel() for m in per_task])
+        var_ex = np.concatenate([m.var(axis=0) for m in per_task])  # per (u, k)
+        var_k = [m.var(axis=1) for m in per_task if m.shape[1] > 1]  # per (u >= 1, example)
+        out.append(
+            {
+                "margin_mean": float(flat.mean()),
+                "margin_sd_examples": float(np.sqrt(var_ex.mean())),
+                "margin_sd_tasks": float(np.sqrt(np.concatenate(var_k).mean())) if var_k else None,
+                "train_open_prob": float(np.mean(1.0 / (1.0 + np.exp(-flat)))),
+            }
+        )
+    return out
+
+
+def init_state(run: TrainedRun) -> TrainedRun:
+    """The run with its trainable state replaced by the fresh initialisation of its config (the
+    same seed, so the same weights its first task started from): what the router sees before
+    any training. Its accuracies are those of untrained heads."""
+    backbone = resolve_backbone(run.cfg.model.backbone)
+    _, trainable, _ = build_model(run.cfg, run.method, run.tasks, backbone)
+    return dataclasses.replace(run, trainable=trainable)
+
+
+def analyse(run: TrainedRun, split: str = "test", check_acc: bool = True, grads: int = 0) -> dict:
     """The transfer report of a loaded run (see the module docstring) as a JSON-ready dict.
 
-    Raises ConfigError for a method without a knowledge-sharing module, or if the recomputed test
-    accuracies differ from the run's accuracy matrix (a checkpoint that does not match the run).
+    Raises ConfigError for a method without a knowledge-sharing module, or (check_acc) if the
+    recomputed test accuracies differ from the run's accuracy matrix (a checkpoint that does not
+    match the run; off for ``init_state``'s untrained model). grads: batches per task for
+    ``grad_rms`` (0: not measured).
     """
     if run.method.ksm is None:
         raise ConfigError(
@@ -135,12 +189,13 @@ def analyse(run: TrainedRun, split: str = "test") -> dict:
     route = np.full((T, T), np.nan)
     rows = []
     by_plugin = []
+    margins = []
     for u in range(T):
         enc = run.encoded[u][split]
         rec = _probe_split(run, step, run.trainable, enc, u)
         ablated = _probe_split(run, step, no_ksm, enc, u)
         acc = metrics.accuracy(enc.labels, rec["preds"])
-        if split == "test" and not np.isclose(acc, run.acc[last, u], atol=1e-9):
+        if check_acc and split == "test" and not np.isclose(acc, run.acc[last, u], atol=1e-9):
             raise ConfigError(
                 f"task {u} ({run.tasks[u].name}): recomputed test accuracy {acc:.4f} differs from "
                 f"the run's {run.acc[last, u]:.4f} after task {last}: the checkpoint does not "
@@ -149,6 +204,7 @@ def analyse(run: TrainedRun, split: str = "test") -> dict:
         route[u, : u + 1] = rec["route"][:, :, : u + 1].mean(axis=(0, 1))  # [u + 1]
         if u > 0:
             by_plugin.append(rec["route"][:, :, :u].mean(axis=(1, 2)))  # [P]
+        margins.append(rec["margin"][:, :, : u + 1])  # [P, N_u, u + 1]
         x = np.maximum(rec["x_rms"], 1e-12)
         rows.append(
             {
@@ -165,7 +221,7 @@ def analyse(run: TrainedRun, split: str = "test") -> dict:
             "%s", u + 1, T, run.tasks[u].name, acc, rows[-1]["acc_without_ksm"],
             rows[-1]["ksm_rms_ratio"], "-" if not u else f"{rows[-1]['route_earlier']:.3f}",
         )  # fmt: skip
-    return {
+    report = {
         "method": run.cfg.method,
         "name": run.cfg.name,
         "split": split,
@@ -174,13 +230,81 @@ def analyse(run: TrainedRun, split: str = "test") -> dict:
         "route": [[None if np.isnan(v) else float(v) for v in r] for r in route],
         "per_task": rows,
         "route_by_plugin": np.mean(by_plugin, axis=0).tolist() if by_plugin else None,
+        "router_by_plugin": router_stats(margins) if run.method.ksm == "transfer" else None,
     }
+    if grads:
+        log.info("gradients over %d training batches of each task", grads)
+        report["grad_rms_by_plugin"] = grad_rms(run, grads)
+        report["adam_eps"] = optim.ADAM_EPS
+    return report
+
+
+# Parameter groups of a plugin whose gradients ``grad_rms`` reports: attribute name prefixes.
+GRAD_GROUPS = {
+    "router": ("dec_",),
+    "similarity_cnn": ("conv_", "cur_", "sim_"),
+    "routing_matrices": ("route",),
+    "task_capsule": ("caps_",),
+    "ksm_projection": ("big_",),
+    "tsm": ("w1", "w2", "b1", "b2"),
+}
+
+
+def grad_rms(run: TrainedRun, num_batches: int) -> dict[str, list[float]]:
+    """RMS gradient per plugin and parameter group (module docstring, ``--grads``).
+
+    For each task u, up to `num_batches` shuffled training batches of u (seeded by the run's
+    seed), the gradient of u's mean cross-entropy at the run's state, in training mode. Task
+    capsules count task u's row only (the others are frozen or unused for u). -> group ->
+    [P], the root mean square over tasks, batches and the group's elements.
+    """
+    cfg = run.cfg
+
+    def loss(trainable, batch, task_id, key):
+        dropout_key, router_key = jax.random.split(key)
+        model = nnx.merge(run.graphdef, trainable, run.frozen)
+        logits, _ = model(
+            batch.input_ids, batch.token_type_ids, batch.attention_mask, task_id,
+            jnp.float32(cfg.hat.s_max), dropout_key=dropout_key, router_key=router_key,
+            straight_through=True, head_ids=batch.task_ids,
+        )  # fmt: skip
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        ce = -jnp.take_along_axis(logp, batch.labels[:, None], axis=-1)[:, 0]
+        return jnp.sum(ce * batch.weight) / jnp.maximum(jnp.sum(batch.weight), 1.0)
+
+    grad = jax.jit(jax.grad(loss))
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 3)
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, np.ndarray] = {}
+    for u in range(run.last_task + 1):
+        rng = np.random.default_rng([cfg.seed, u])
+        batches = batching.train_batches(
+            run.encoded[u]["train"], cfg.train.batch_size, cfg.train.buckets, rng
+        )
+        for i, batch in zip(range(num_batches), batches, strict=False):
+            g = grad(run.trainable, batch, jnp.int32(u), jax.random.fold_in(key, 1000 * u + i))
+            for name, v in g["plugins"].items():
+                group = next((k for k, pre in GRAD_GROUPS.items() if name.startswith(pre)), None)
+                if group is None:
+                    continue
+                a = np.asarray(v[...], np.float64)  # [P, ...]
+                if group == "task_capsule":
+                    a = a[:, u]  # [P, T, ...] -> task u's capsule
+                a = a.reshape(a.shape[0], -1)
+                sums[group] = sums.get(group, 0.0) + np.sum(np.square(a), axis=1)
+                counts[group] = counts.get(group, 0) + a.shape[1]
+    return {k: np.sqrt(sums[k] / counts[k]).tolist() for k in GRAD_GROUPS if k in sums}
+
+
+_LOGISTIC_SD = float(np.pi / np.sqrt(3.0))  # sd of the Gumbel noises' difference in the margin
 
 
 def plot_route(report: dict, path: Path) -> None:
-    """Left: heatmap of report["route"] (rows: task evaluated, columns: source task). Right: the
+    """Left: heatmap of report["route"] (rows: task evaluated, columns: source task). Middle: the
     share of earlier tasks routed per plugin (report["route_by_plugin"]), where the router's
-    decisions show whether they depend on the source task or only on the plugin."""
+    decisions show whether they depend on the source task or only on the plugin. Right (CTR):
+    each plugin's router margin, its spreads over examples and source tasks, and the training
+    noise's spread for scale (report["router_by_plugin"])."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,9 +313,13 @@ def plot_route(report: dict, path: Path) -> None:
     r = np.array([[np.nan if v is None else v for v in row] for row in report["route"]])
     T = len(r)
     size = max(4.0, 0.45 * T + 2.5)
-    fig, (ax, bx) = plt.subplots(
-        1, 2, figsize=(2 * size + 1.5, size), gridspec_kw={"width_ratios": [1.15, 1]}
-    )
+    router = report.get("router_by_plugin")
+    ncols = 3 if router else 2
+    fig, axes = plt.subplots(
+        1, ncols, figsize=(ncols * size + 1.5, size),
+        gridspec_kw={"width_ratios": [1.15, 1, 1][:ncols]},
+    )  # fmt: skip
+    ax, bx = axes[0], axes[1]
     im = ax.imshow(r, vmin=0.0, vmax=1.0, cmap="viridis")
     for u in range(T):
         for k in range(u + 1):
@@ -205,26 +333,46 @@ def plot_route(report: dict, path: Path) -> None:
     ax.set_title(f"{share}\nmean over examples and plugins", fontsize=9)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     per_plugin = report["route_by_plugin"]
+    P = len(per_plugin) if per_plugin else len(router or [])
+    labels = [f"L{p // 2}{'af'[p % 2]}" for p in range(P)]
+    xlabel = "plugin (layer, a = after attention, f = after FFN)"
     if per_plugin:
-        labels = [f"L{p // 2}{'af'[p % 2]}" for p in range(len(per_plugin))]
-        bx.bar(range(len(per_plugin)), per_plugin, color="tab:blue")
-        bx.set_xticks(range(len(per_plugin)), labels, fontsize=7, rotation=90)
+        bx.bar(range(P), per_plugin, color="tab:blue")
+        bx.set_xticks(range(P), labels, fontsize=7, rotation=90)
         bx.set_ylim(0.0, 1.0)
-        bx.set_xlabel("plugin (layer, a = after attention, f = after FFN)")
+        bx.set_xlabel(xlabel)
         bx.set_title("earlier tasks routed, per plugin\n(mean over tasks u >= 1)", fontsize=9)
     else:
         bx.axis("off")
-    fig.suptitle(f"{report['name']} ({report['split']} split, after task {report['after_task']})",
-                 fontsize=10)  # fmt: skip
+    if router:
+        cx = axes[2]
+        x = np.arange(P)
+        mean = [d["margin_mean"] for d in router]
+        sd_ex = [d["margin_sd_examples"] for d in router]
+        sd_k = [np.nan if d["margin_sd_tasks"] is None else d["margin_sd_tasks"] for d in router]
+        cx.axhspan(-_LOGISTIC_SD, _LOGISTIC_SD, color="0.9", label="training noise, +-1 sd")
+        cx.axhline(0.0, color="0.5", lw=0.8)
+        cx.errorbar(x - 0.15, mean, yerr=sd_ex, fmt="o", ms=4, capsize=3,
+                    label="mean, +-sd over examples")  # fmt: skip
+        cx.errorbar(x + 0.15, mean, yerr=sd_k, fmt="none", ecolor="tab:red", capsize=3,
+                    label="+-sd over source tasks")  # fmt: skip
+        cx.set_xticks(x, labels, fontsize=7, rotation=90)
+        cx.set_xlabel(xlabel)
+        cx.set_ylabel("router margin r[0] - r[1] (> 0: transfer)")
+        cx.set_title("router logit margin, per plugin", fontsize=9)
+        cx.legend(fontsize=7, loc="best")
+    state = " at initialisation" if report.get("state") == "init" else ""
+    fig.suptitle(f"{report['name']}{state} ({report['split']} split, after task "
+                 f"{report['after_task']})", fontsize=10)  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(report: dict, out: Path, plot: bool = True) -> list[Path]:
-    """Writes transfer.json, transfer_matrix.csv and (plot) transfer.png under `out`."""
+def write(report: dict, out: Path, plot: bool = True, stem: str = "transfer") -> list[Path]:
+    """Writes {stem}.json, {stem}_matrix.csv and (plot) {stem}.png under `out`."""
     out.mkdir(parents=True, exist_ok=True)
-    files = [out / "transfer.json", out / "transfer_matrix.csv"]
+    files = [out / f"{stem}.json", out / f"{stem}_matrix.csv"]
     files[0].write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     with files[1].open("w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
@@ -232,7 +380,7 @@ def write(report: dict, out: Path, plot: bool = True) -> list[Path]:
         for name, row in zip(report["tasks"], report["route"], strict=True):
             w.writerow([name, *("" if v is None else f"{v:.6f}" for v in row)])
     if plot:
-        files.append(out / "transfer.png")
+        files.append(out / f"{stem}.png")
         plot_route(report, files[-1])
     return files
 
@@ -245,14 +393,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", choices=("test", "dev", "train"), default="test")
     parser.add_argument("--out", type=Path, default=None, help="output folder (the run's)")
     parser.add_argument("--no-plot", action="store_true", help="JSON and CSV only")
+    parser.add_argument(
+        "--init",
+        action="store_true",
+        help="analyse the run config's freshly initialised model instead of its checkpoint "
+        "(writes transfer_init.*)",
+    )
+    parser.add_argument(
+        "--grads",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also measure the KSM's gradients over N training batches of each task",
+    )
     args = parser.parse_args(argv)
+    if args.grads < 0:
+        parser.error(f"--grads must be >= 0, got {args.grads}")
     setup_logging("INFO")
     try:
-        report = analyse(load_trained(args.run_dir), args.split)
+        run = load_trained(args.run_dir)
+        if args.init:
+            run = init_state(run)
+        report = analyse(run, args.split, check_acc=not args.init, grads=args.grads)
+        report["state"] = "init" if args.init else "trained"
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    files = write(report, args.out or args.run_dir, plot=not args.no_plot)
+    stem = "transfer_init" if args.init else "transfer"
+    files = write(report, args.out or args.run_dir, plot=not args.no_plot, stem=stem)
     print(f"wrote {', '.join(str(f) for f in files)}")
     return 0
 

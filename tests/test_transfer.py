@@ -37,7 +37,13 @@ def test_probe_leaves_the_output_unchanged_and_records_every_plugin(ksm):
         chex.assert_shape(rec["route"], (2, 3, 3))  # [layers, B, T]
         chex.assert_shape([rec["x_rms"], rec["ksm_rms"], rec["tsm_rms"]], (2, 3))
         route = np.asarray(rec["route"])
+        margin = np.asarray(rec["margin"])
+        chex.assert_shape(rec["margin"], (2, 3, 3))
         np.testing.assert_array_equal(route[:, :, 2], 0.0)  # a future task feeds nothing
+        if ksm == "transfer":  # no noise: the gate is open exactly where the margin is positive
+            np.testing.assert_array_equal(route[:, :, :2], (margin[:, :, :2] > 0).astype(float))
+        else:  # no router
+            assert np.all(np.isnan(margin))
         if ksm is None:
             np.testing.assert_array_equal(route, 0.0)
             np.testing.assert_array_equal(np.asarray(rec["ksm_rms"]), 0.0)
@@ -61,6 +67,21 @@ def test_probe_rms_is_over_real_tokens_only():
     np.testing.assert_allclose(float(rec2["x_rms"][0]), expect, rtol=1e-5)
 
 
+def test_router_stats_by_hand():
+    # One plugin; task 0: 2 examples x 1 source task, task 1: 2 examples x 2 source tasks.
+    margins = [np.array([[[1.0], [3.0]]]), np.array([[[0.0, 2.0], [4.0, 6.0]]])]
+    (got,) = transfer.router_stats(margins)
+    assert got["margin_mean"] == pytest.approx(16.0 / 6.0)
+    # variances over examples: (u0, k0) 1, (u1, k0) 4, (u1, k1) 4 -> sqrt(3)
+    assert got["margin_sd_examples"] == pytest.approx(np.sqrt(3.0))
+    # variances over source tasks, tasks u >= 1: [0, 2] 1, [4, 6] 1 -> 1
+    assert got["margin_sd_tasks"] == pytest.approx(1.0)
+    sig = 1.0 / (1.0 + np.exp(-np.array([1.0, 3.0, 0.0, 2.0, 4.0, 6.0])))
+    assert got["train_open_prob"] == pytest.approx(sig.mean())
+    # A single task has no spread over source tasks to report.
+    assert transfer.router_stats(margins[:1])[0]["margin_sd_tasks"] is None
+
+
 def check_report(run_dir, tmp_path):
     """The transfer report of a finished 2-task CTR run folder is consistent with it.
     Called by tests/test_loop.py on its CTR run (a run of its own here would double CI time)."""
@@ -78,9 +99,28 @@ def check_report(run_dir, tmp_path):
     for row in report["per_task"]:
         assert row["ksm_rms_ratio"] > 0.0 and row["tsm_rms_ratio"] > 0.0
         assert 0.0 <= row["acc_without_ksm"] <= 1.0
+    router = report["router_by_plugin"]
+    assert len(router) == 4
+    for d in router:
+        assert np.isfinite([d["margin_mean"], d["margin_sd_examples"], d["margin_sd_tasks"]]).all()
+        assert 0.0 < d["train_open_prob"] < 1.0
+    grads = transfer.grad_rms(run, num_batches=1)
+    assert set(grads) == set(transfer.GRAD_GROUPS)
+    for group, per_plugin in grads.items():
+        assert len(per_plugin) == 4 and np.isfinite(per_plugin).all(), group
+        assert min(per_plugin) >= 0.0
+    assert min(grads["tsm"]) > 0.0 and min(grads["router"]) > 0.0
     files = transfer.write(report, tmp_path)
     assert all(f.stat().st_size > 0 for f in files)
     assert (tmp_path / "transfer_matrix.csv").read_text().count("\n") == 3
+
+    # --init: the untrained model of the same config (no accuracy check): other margins.
+    assert transfer.main([str(run_dir), "--init", "--no-plot", "--out", str(tmp_path)]) == 0
+    init = json.loads((tmp_path / "transfer_init.json").read_text())
+    assert init["state"] == "init" and len(init["router_by_plugin"]) == 4
+    assert [d["margin_mean"] for d in init["router_by_plugin"]] != [
+        d["margin_mean"] for d in router
+    ]
 
     # A checkpoint that does not match the run's matrix is refused, not reported.
     run.acc[1, 0] = run.acc[1, 0] + 0.5

@@ -303,18 +303,21 @@ class CLPlugins(nnx.Module):
         task_id: jax.Array,
         router_key: jax.Array | None,
         straight_through: bool,
-    ) -> tuple[jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Knowledge-sharing module of plugin p. x: [B, L, D], mask: [B, L] ->
-        ([B, L, D], route [B, T]: how much each task's capsules feed this example's output)."""
+        ([B, L, D], record): record["route"] [B, T] is how much each task's capsules feed this
+        example's output; record["margin"] [B, T] is the router's noise-free logit margin
+        (``transfer_ksm``; NaN for B-CL, which has no router)."""
         if self.ksm_kind == "dynamic":
             return self.dynamic_ksm(p, x, mask, task_id)
         return self.transfer_ksm(p, x, mask, task_id, router_key, straight_through)
 
     def dynamic_ksm(
         self, p: PluginRef, x: jax.Array, mask: jax.Array, task_id: jax.Array
-    ) -> tuple[jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """B-CL's KSM of plugin p: task capsules + dynamic routing. x: [B, L, D] ->
-        ([B, L, D], route [B, T] = the coupling coefficients' mean over real tokens and N)."""
+        ([B, L, D], record): "route" [B, T] is the coupling coefficients' mean over real tokens
+        and N; "margin" is NaN (no router)."""
         prm = self._params(p)
         _, pre = self._pre_route(prm, x, mask, task_id)
         votes, c = dynamic_routing(
@@ -322,7 +325,7 @@ class CLPlugins(nnx.Module):
         )
         n = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [B]
         route = jnp.einsum("bltn,bl->bt", c, mask) / (n[:, None] * c.shape[-1])  # [B, T]
-        return self._project(prm, votes), route
+        return self._project(prm, votes), {"route": route, "margin": jnp.full_like(route, jnp.nan)}
 
     def _pre_route(
         self, prm: Params, x: jax.Array, mask: jax.Array, task_id: jax.Array
@@ -347,9 +350,12 @@ class CLPlugins(nnx.Module):
         task_id: jax.Array,
         router_key: jax.Array | None,
         straight_through: bool,
-    ) -> tuple[jax.Array, jax.Array]:
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
         """CTR's KSM of plugin p (transfer routing). x: [B, L, D], mask: [B, L] ->
-        ([B, L, D], route [B, T] = the router's gate delta_k for k <= t, 0 for later tasks)."""
+        ([B, L, D], record): "route" [B, T] is the router's gate delta_k for k <= t (0 for later
+        tasks); "margin" [B, T] is its noise-free logit margin r_k[0] - r_k[1] (> 0: transfer).
+        The Gumbel noises' difference is a standard logistic variable, so in training the gate
+        opens with probability sigmoid(margin) (tau scales only the soft sample's gradient)."""
         prm = self._params(p)
         B, L, _ = x.shape
         T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
@@ -379,13 +385,17 @@ class CLPlugins(nnx.Module):
             feats.append(conv_relu_maxpool(win, kernel, bias, valid))  # [B, T, F]
         z = jnp.concatenate(feats, axis=-1)  # [B, T, 3F]
         sim = z @ prm["sim_w"] + prm["sim_b"]  # [B, T, N*C]
-        delta = hard_gumbel_gate(
-            z @ prm["dec_w"] + prm["dec_b"], router_key, self.cfg.router_tau, straight_through
-        )  # [B, T]
+        logits = z @ prm["dec_w"] + prm["dec_b"]  # [B, T, 2]
+        tau = self.cfg.router_tau
+        delta = hard_gumbel_gate(logits, router_key, tau, straight_through)  # [B, T]
         causal = (jnp.arange(T) <= task_id).astype(x.dtype)  # [T]
         weight = sim.reshape(B, T, N, C) * (delta * causal)[:, :, None, None]  # [B, T, N, C]
         v = jnp.einsum("btnc,bltnc->blnc", weight, pre)  # [B, L, N, C]
-        return self._project(prm, v), jax.lax.stop_gradient(delta) * causal
+        record = {
+            "route": jax.lax.stop_gradient(delta) * causal,
+            "margin": jax.lax.stop_gradient(logits[..., 0] - logits[..., 1]),
+        }
+        return self._project(prm, v), record
 
     def _stacked_names(self) -> list[str]:
         """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
@@ -437,14 +447,15 @@ class CLPlugins(nnx.Module):
         """Plugin p. x: [B, L, D], mask: [B, L] (1 = token), g1: [A], g2: [D] -> [B, L, D].
 
         probe: also return what each part contributes, per example (``ctr_jax.transfer``):
-        {"route": [B, T] (``ksm``; zeros without a KSM), "x_rms", "ksm_rms", "tsm_rms": [B],
-        the RMS over real tokens of the plugin's input, the KSM's output and the TSM's output}.
+        {"route", "margin": [B, T] (``ksm``; zeros and NaN without a KSM), "x_rms", "ksm_rms",
+        "tsm_rms": [B], the RMS over real tokens of the plugin's input, the KSM's output and the
+        TSM's output}.
         """
         prm = self._params(p)
         h = x
-        ksm = route = None
+        ksm = record = None
         if self.ksm_kind is not None:
-            ksm, route = self.ksm(prm, x, mask, task_id, router_key, straight_through)
+            ksm, record = self.ksm(prm, x, mask, task_id, router_key, straight_through)
             h = x + ksm
         a1 = jax.nn.relu(h @ prm["w1"] + prm["b1"]) * g1  # [B, L, A]
         a2 = jax.nn.relu(a1 @ prm["w2"] + prm["b2"]) * g2  # [B, L, D]
@@ -457,6 +468,7 @@ class CLPlugins(nnx.Module):
                 return jnp.zeros(x.shape[:1], x.dtype)
             return jnp.sqrt(jnp.einsum("bld,bl->b", jnp.square(y), mask) / n)
 
-        if route is None:
-            route = jnp.zeros((x.shape[0], self.num_tasks), x.dtype)
-        return x + a2, {"route": route, "x_rms": rms(x), "ksm_rms": rms(ksm), "tsm_rms": rms(a2)}
+        if record is None:
+            none = jnp.zeros((x.shape[0], self.num_tasks), x.dtype)
+            record = {"route": none, "margin": jnp.full_like(none, jnp.nan)}
+        return x + a2, {**record, "x_rms": rms(x), "ksm_rms": rms(ksm), "tsm_rms": rms(a2)}

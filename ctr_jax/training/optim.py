@@ -140,6 +140,11 @@ def scale_by_lr() -> optax.GradientTransformationExtraArgs:
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+# Adam's epsilon (BertAdam's, spec §11). A parameter whose gradients are far below it moves at a
+# fraction of the learning rate: ``ctr_jax.transfer`` reports the KSM's gradients against it.
+ADAM_EPS = 1e-6
+
+
 def make_optimizer(cfg: TrainConfig, decay: nnx.State) -> optax.GradientTransformationExtraArgs:
     """Protected AdamW. Call `update(grads, state, params, scales=..., lr=...)`.
 
@@ -148,7 +153,7 @@ def make_optimizer(cfg: TrainConfig, decay: nnx.State) -> optax.GradientTransfor
     return optax.chain(
         protect(),
         clip_per_tensor(cfg.clip_norm),
-        optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+        optax.scale_by_adam(b1=0.9, b2=0.999, eps=ADAM_EPS),
         optax.add_decayed_weights(cfg.weight_decay, mask=decay),
         scale_by_lr(),
         protect(),
