@@ -64,7 +64,13 @@ class ModelConfig:
     # Width of the task-specific module (HAT MLP D -> A -> D); spec §3.4 uses 2000.
     tsm_width: int = 2000
     # Task-capsule depth: 1 (D -> C) or 2 (D -> capsule_hidden -> C, no nonlinearity), spec §3.1.
-    capsule_layers: Literal[1, 2] = 2
+    # 1 is the original code's CTR and B-CL default (`--baseline ctr`, spec §11). With 2 (the
+    # paper's text, our default until 2026-12-01) two small N(0, 0.02) factors and the squash,
+    # quadratic near 0, shrink the capsules so far that on the default backbone the capsules,
+    # routing matrices, similarity CNN and router of 11 of 12 plugins got gradients 10-10^4x
+    # below Adam's eps over a 3-task ASC run and never trained (README "What the
+    # knowledge-sharing module does"); with 1 they train.
+    capsule_layers: Literal[1, 2] = 1
     capsule_hidden: int = 100
     # Capsule dimension C and number of transfer capsules N (spec §3, both 3).
     capsule_dim: int = 3

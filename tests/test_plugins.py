@@ -1,5 +1,7 @@
 """CL-plugin and CTR classifier: shapes, identity, padding invariance, capsule masking, router."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -121,22 +123,54 @@ def test_ksm_ignores_whatever_sits_in_padding():
         np.testing.assert_allclose(short[1, :4], long[1, :4], rtol=0, atol=1e-5 * scale)
 
 
-def test_future_capsules_take_no_part():
-    model = tiny_model()
+@pytest.mark.parametrize("layers", [1, 2])
+def test_future_capsules_take_no_part(layers):
+    cfg = dataclasses.replace(TINY_MODEL, capsule_layers=layers)
+    model = tiny_model(cfg=cfg)
     open_router(model)
     b = random_batch(2, 10)
     before, _ = _forward(model, b, 1)
     # Perturb the capsules and routing weights of task 2 (a future task for t = 1).
-    for name in ("caps_w1", "caps_b1", "caps_w2", "caps_b2"):
+    names = ("caps_w1", "caps_b1", "caps_w2", "caps_b2")[: 2 * layers]
+    for name in names:
         v = getattr(model.plugins, name)
         v[...] = v[...].at[:, 2].add(1.0)
     model.plugins.route[...] = model.plugins.route[...].at[:, :, 2].add(1.0)
     after, _ = _forward(model, b, 1)
     chex.assert_trees_all_close(before, after, atol=0.0, rtol=0.0)
     changed, _ = _forward(model, b, 2)
-    fresh = tiny_model()
+    fresh = tiny_model(cfg=cfg)
     open_router(fresh)
     assert not np.allclose(np.asarray(changed), np.asarray(_forward(fresh, b, 2)[0]))
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_task_capsules_match_the_spec_formula(layers):
+    # spec §3.1: f_k(x) = x W_k + b_k (1 layer) or (x W1_k + b1_k) W2_k + b2_k (2 layers, no
+    # nonlinearity); future tasks are zero; squash over the task axis per (token, dim).
+    cfg = dataclasses.replace(TINY_MODEL, capsule_layers=layers)
+    model = tiny_model(cfg=cfg)
+    pl = model.plugins
+    for name in ("caps_b1", "caps_b2"):  # non-zero biases, so they are checked too
+        if hasattr(pl, name):
+            v = getattr(pl, name)
+            v[...] = 0.1 * jax.random.normal(jax.random.key(3), v[...].shape)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 32))
+    got = np.asarray(pl.task_capsules(1, x, jnp.int32(1)))  # plugin 1, task 1 of 3
+    xn = np.asarray(x, np.float64)
+    w1, b1 = np.asarray(pl.caps_w1[...][1], np.float64), np.asarray(pl.caps_b1[...][1], np.float64)
+    u = np.zeros((2, 5, 3, cfg.capsule_dim))
+    for k in range(2):  # tasks 0 and 1; task 2 is in the future
+        h = xn @ w1[k] + b1[k]
+        if layers == 2:
+            h = h @ np.asarray(pl.caps_w2[...][1, k], np.float64) + np.asarray(
+                pl.caps_b2[...][1, k], np.float64
+            )
+        u[:, :, k] = h
+    q = np.sum(u**2, axis=2, keepdims=True) + 1e-16
+    want = q / (1 + q) * u / np.sqrt(q)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    assert pl.caps_w1[...].shape[-1] == (cfg.capsule_dim if layers == 1 else cfg.capsule_hidden)
 
 
 def test_squash_over_tasks_bounds_the_norm():

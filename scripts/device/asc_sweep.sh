@@ -16,7 +16,8 @@
 # After the sweep, `python -m ctr_jax.transfer` analyses every CTR / B-CL run with a checkpoint
 # (transfer.json/.csv/.png in its run folder), in the last PROBE_S seconds before DEADLINE.
 # Env: DEADLINE, STASH (/root/stash), PY (python3), METHODS, ORDERS, SEEDS, JOBS, EXTRA (more
-# --set KEY=VALUE words), NAME (run name prefix, default gpu), PROBE_S (60; 0 = no analysis).
+# --set KEY=VALUE words), NAME (run name prefix, default gpu), PROBE_S (60; 0 = no analysis),
+# GRADS (training batches per task for the analysis' gradient check, 4).
 set -u
 T0=$(date +%s)
 DEADLINE=${DEADLINE:-520}
@@ -30,6 +31,7 @@ JOBS=${JOBS:-6}
 EXTRA=${EXTRA:-}
 NAME=${NAME:-gpu}
 PROBE_S=${PROBE_S:-60}
+GRADS=${GRADS:-4}
 mkdir -p "$OUT" logs
 el() { echo $(( $(date +%s) - T0 )); }
 
@@ -63,7 +65,7 @@ echo "sweep ended at $(el) s"
 for d in runs/"$NAME"/*ctr* runs/"$NAME"/*bcl*; do
   left=$(( DEADLINE - $(el) ))
   [ -d "$d/checkpoints" ] && [ "$left" -gt 5 ] || continue
-  timeout -s INT "$left" $PY -m ctr_jax.transfer "$d" 2>&1 | tail -4
+  timeout -s INT "$left" $PY -m ctr_jax.transfer "$d" --grads "$GRADS" 2>&1 | tail -4
 done
 tar czf "$OUT"/runs.tgz --exclude=checkpoints --exclude=.lock runs logs
 ls -la "$OUT"
