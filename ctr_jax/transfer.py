@@ -14,7 +14,9 @@ CTR or B-CL run it writes to ``--out`` (default: the run folder):
     is 1 ("transfer from k"); B-CL: the mean dynamic-routing coupling coefficient of task k.
   - ``ksm_rms_ratio`` / ``tsm_rms_ratio``: RMS of the KSM's output and of the TSM's output over the
     RMS of the plugin's input (real tokens, mean over examples and plugins): how large the
-    knowledge-sharing signal is next to what it is added to;
+    knowledge-sharing signal is next to what it is added to; ``routed_rms_ratio``: the same
+    for the KSM's output less its projection's bias b_big (a constant vector per plugin), i.e.
+    the part that carries the routed capsules;
   - ``acc`` and ``acc_without_ksm``: test accuracy as trained, and with the KSM's output set to
     zero at evaluation (its projection W_big, b_big zeroed): what the trained TSM draws from it.
   - ``route_by_plugin[p]``: the mean share of *earlier* tasks routed, over tasks u >= 1, per plugin
@@ -68,14 +70,14 @@ from ctr_jax.training.loop import TrainedRun, build_model, load_trained
 
 log = logging.getLogger(__name__)
 
-_RECORDS = ("route", "margin", "x_rms", "ksm_rms", "tsm_rms")
+_RECORDS = ("route", "margin", "x_rms", "ksm_rms", "routed_rms", "tsm_rms")
 
 
 def make_probe_step(graphdef: nnx.GraphDef, s_max: float, router_noise: bool) -> Callable:
     """Un-jitted eval step that also returns every plugin's probe record (``CLPlugins``).
 
     (trainable, frozen, batch, task_id [], key) -> {"preds": [B], "route" / "margin": [P, B, T],
-    "x_rms" / "ksm_rms" / "tsm_rms": [P, B]}, with p = 2 * layer + site.
+    "x_rms" / "ksm_rms" / "routed_rms" / "tsm_rms": [P, B]}, with p = 2 * layer + site.
     """
 
     def probe_step(trainable, frozen, batch, task_id, key):
@@ -212,6 +214,7 @@ def analyse(run: TrainedRun, split: str = "test", check_acc: bool = True, grads:
                 "acc": acc,
                 "acc_without_ksm": metrics.accuracy(enc.labels, ablated["preds"]),
                 "ksm_rms_ratio": float(np.mean(rec["ksm_rms"] / x)),
+                "routed_rms_ratio": float(np.mean(rec["routed_rms"] / x)),
                 "tsm_rms_ratio": float(np.mean(rec["tsm_rms"] / x)),
                 "route_earlier": float(np.mean(route[u, :u])) if u else None,
             }
@@ -358,14 +361,15 @@ def plot_route(report: dict, path: Path) -> None:
                     label="+-sd over source tasks")  # fmt: skip
         cx.set_xticks(x, labels, fontsize=7, rotation=90)
         cx.set_xlabel(xlabel)
-        cx.set_ylabel("router margin r[0] - r[1] (> 0: transfer)")
+        cx.set_ylabel("margin r[0] - r[1] (> 0: transfer)")
         cx.set_title("router logit margin, per plugin", fontsize=9)
-        cx.legend(fontsize=7, loc="best")
+        # Below the axes: inside, it can hide a plugin's point.
+        cx.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.32), ncol=2)
     state = " at initialisation" if report.get("state") == "init" else ""
     fig.suptitle(f"{report['name']}{state} ({report['split']} split, after task "
                  f"{report['after_task']})", fontsize=10)  # fmt: skip
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

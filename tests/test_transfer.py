@@ -35,7 +35,7 @@ def test_probe_leaves_the_output_unchanged_and_records_every_plugin(ksm):
     for site in ("attn", "ffn"):
         rec = aux[site]
         chex.assert_shape(rec["route"], (2, 3, 3))  # [layers, B, T]
-        chex.assert_shape([rec["x_rms"], rec["ksm_rms"], rec["tsm_rms"]], (2, 3))
+        chex.assert_shape([rec["x_rms"], rec["ksm_rms"], rec["routed_rms"], rec["tsm_rms"]], (2, 3))
         route = np.asarray(rec["route"])
         margin = np.asarray(rec["margin"])
         chex.assert_shape(rec["margin"], (2, 3, 3))
@@ -47,6 +47,7 @@ def test_probe_leaves_the_output_unchanged_and_records_every_plugin(ksm):
         if ksm is None:
             np.testing.assert_array_equal(route, 0.0)
             np.testing.assert_array_equal(np.asarray(rec["ksm_rms"]), 0.0)
+            np.testing.assert_array_equal(np.asarray(rec["routed_rms"]), 0.0)
         elif ksm == "transfer":
             np.testing.assert_array_equal(route[:, :, :2], 1.0)  # the opened router transfers
         else:  # coupling coefficients over the learned tasks sum to one
@@ -82,6 +83,30 @@ def test_router_stats_by_hand():
     assert transfer.router_stats(margins[:1])[0]["margin_sd_tasks"] is None
 
 
+def test_routed_part_is_the_ksm_output_less_its_bias():
+    model = tiny_model()
+    open_router(model)
+    x = jax.random.normal(jax.random.key(0), (2, 6, 32))
+    mask = jnp.ones((2, 6), jnp.float32)
+    g1, g2 = model.plugins.gates(jnp.int32(1), jnp.float32(400.0))
+
+    def probe():
+        return model.plugins(0, x, mask, jnp.int32(1), g1[0], g2[0], None, False, probe=True)[1]
+
+    w = model.plugins.big_w  # a large routed part, so float rounding at the bias is small
+    w[...] = 100.0 * jax.random.normal(jax.random.key(1), w[...].shape)
+    model.plugins.big_b[...] = jnp.zeros_like(model.plugins.big_b[...])
+    rec = probe()  # no bias: the routed part is the whole output
+    np.testing.assert_allclose(np.asarray(rec["routed_rms"]), np.asarray(rec["ksm_rms"]), rtol=1e-6)
+    assert float(jnp.min(rec["routed_rms"])) > 1e-3
+    model.plugins.big_b[...] = jnp.full_like(model.plugins.big_b[...], 3.0)
+    rec2 = probe()  # a bias moves the output, not the routed part
+    np.testing.assert_allclose(
+        np.asarray(rec2["routed_rms"]), np.asarray(rec["routed_rms"]), rtol=1e-5
+    )
+    assert float(jnp.min(rec2["ksm_rms"])) > 2.0
+
+
 def check_report(run_dir, tmp_path):
     """The transfer report of a finished 2-task CTR run folder is consistent with it.
     Called by tests/test_loop.py on its CTR run (a run of its own here would double CI time)."""
@@ -98,6 +123,7 @@ def check_report(run_dir, tmp_path):
     assert len(report["route_by_plugin"]) == 4  # 2 layers x 2 sites
     for row in report["per_task"]:
         assert row["ksm_rms_ratio"] > 0.0 and row["tsm_rms_ratio"] > 0.0
+        assert row["routed_rms_ratio"] > 0.0
         assert 0.0 <= row["acc_without_ksm"] <= 1.0
     router = report["router_by_plugin"]
     assert len(router) == 4

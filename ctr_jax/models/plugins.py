@@ -448,8 +448,9 @@ class CLPlugins(nnx.Module):
 
         probe: also return what each part contributes, per example (``ctr_jax.transfer``):
         {"route", "margin": [B, T] (``ksm``; zeros and NaN without a KSM), "x_rms", "ksm_rms",
-        "tsm_rms": [B], the RMS over real tokens of the plugin's input, the KSM's output and the
-        TSM's output}.
+        "routed_rms", "tsm_rms": [B], the RMS over real tokens of the plugin's input, the KSM's
+        output, its routed part (the output less the projection's bias b_big, which is the same
+        for every token, task and example) and the TSM's output}.
         """
         prm = self._params(p)
         h = x
@@ -471,4 +472,11 @@ class CLPlugins(nnx.Module):
         if record is None:
             none = jnp.zeros((x.shape[0], self.num_tasks), x.dtype)
             record = {"route": none, "margin": jnp.full_like(none, jnp.nan)}
-        return x + a2, {**record, "x_rms": rms(x), "ksm_rms": rms(ksm), "tsm_rms": rms(a2)}
+        routed = None if ksm is None else ksm - prm["big_b"]
+        return x + a2, {
+            **record,
+            "x_rms": rms(x),
+            "ksm_rms": rms(ksm),
+            "routed_rms": rms(routed),
+            "tsm_rms": rms(a2),
+        }
