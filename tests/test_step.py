@@ -1,5 +1,7 @@
 """Train step: HAT protection (with weight decay on), future capsules, masks, compile-once."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -160,14 +162,17 @@ def test_update_scales_shapes():
         np.broadcast_shapes(g.shape, sc.shape)  # raises if not broadcastable
 
 
-def test_trainable_paths_are_pinned():
-    _, trainable, frozen = step.split_model(tiny_model())
+@pytest.mark.parametrize("layers", [1, 2])
+def test_trainable_paths_are_pinned(layers):
+    cfg = dataclasses.replace(TINY_MODEL, capsule_layers=layers)
+    _, trainable, frozen = step.split_model(tiny_model(cfg=cfg))
     paths = sorted(_leaves(trainable))
     plugin = sorted(p for p in paths if p.startswith("plugins."))
+    caps = ["caps_w1", "caps_b1", "caps_w2", "caps_b2"][: 2 * layers]
     assert plugin == sorted(
         f"plugins.{n}.value"
-        for n in ["caps_w1", "caps_b1", "caps_w2", "caps_b2", "route", "cur_w", "cur_b", "sim_w",
-                  "sim_b", "dec_w", "dec_b", "big_w", "big_b", "w1", "b1", "w2", "b2", "e1", "e2"]
+        for n in caps + ["route", "cur_w", "cur_b", "sim_w", "sim_b", "dec_w", "dec_b", "big_w",
+                         "big_b", "w1", "b1", "w2", "b2", "e1", "e2"]
         + [f"conv_{w}{k}_{p}" for w in ("cur", "src") for k in (3, 4, 5) for p in ("w", "b")]
     )  # fmt: skip
     assert sorted(p for p in paths if p.startswith("head")) == ["head_b.value", "head_w.value"]
