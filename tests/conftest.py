@@ -9,6 +9,8 @@ where it fails. Tests that use it are marked `@pytest.mark.data`.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,24 @@ from ctr_jax.runtime import apply_xla_defaults
 # The suite runs under the XLA flags run.py uses (set before any test starts a JAX backend;
 # subprocesses started by tests inherit them).
 apply_xla_defaults()
+
+# One persistent XLA compilation cache per test session, in a fresh temporary folder that the
+# tests' subprocesses inherit through the environment: the many tests that train the same tiny
+# models reuse each other's compiled steps (run.py keeps such a cache too), and no test reads
+# or fills the user's ~/.cache/ctr_jax. CTR_JAX_NO_COMPILE_CACHE=1 turns it off.
+_SESSION_CACHE: str | None = None
+if os.environ.get("CTR_JAX_NO_COMPILE_CACHE") != "1":
+    _SESSION_CACHE = tempfile.mkdtemp(prefix="ctr_jax_test_xla_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_CACHE
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", _SESSION_CACHE)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE is not None:
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+
 
 REQUIRE_DATA_ENV = "CTR_JAX_REQUIRE_DATA"
 
