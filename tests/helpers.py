@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -48,3 +51,30 @@ def open_router(model) -> None:
     """Biases every task router towards "transfer", so the whole KSM path is live in a test."""
     b = model.plugins.dec_b[...]
     model.plugins.dec_b[...] = b.at[:, 0].set(10.0).at[:, 1].set(-10.0)
+
+
+@contextlib.contextmanager
+def count_compiles(name: str):
+    """Collects, inside the block, one entry per lowering of ``jit(name)``: one per miss of a jit
+    cache, whether or not the persistent compilation cache then holds the executable. Yields the
+    list. (jax logs each lowering at DEBUG, or WARNING with jax_log_compiles.)"""
+    logger = logging.getLogger("jax._src.interpreters.pxla")
+    seen: list[str] = []
+    prefix = f"Compiling jit({name}) "
+
+    class _Collect(logging.Handler):
+        def emit(self, record):
+            if record.getMessage().startswith(prefix):
+                seen.append(record.getMessage()[-1500:])  # ends with the argument shardings
+
+    handler = _Collect(logging.DEBUG)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # the argument lists are long; keep them out of pytest's log capture
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate

@@ -9,6 +9,7 @@ from ctr_jax.config import ConfigError, load_config
 from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
 from ctr_jax.training import loop
+from tests.helpers import count_compiles
 from tests.test_transfer import check_report
 
 pytestmark = pytest.mark.entry
@@ -51,15 +52,31 @@ def _no_env_data_root(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def full_run(world):
+def full_run_and_compiles(world):
+    """The 2-task run, and the lowerings of its train step."""
     import os
 
     saved = os.environ.pop("CTR_JAX_DATA_ROOT", None)
     try:
-        return loop.run(_cfg(world, "full"))
+        with count_compiles("train_step") as compiles:
+            res = loop.run(_cfg(world, "full"))
+        return res, compiles
     finally:
         if saved is not None:
             os.environ["CTR_JAX_DATA_ROOT"] = saved
+
+
+@pytest.fixture(scope="module")
+def full_run(full_run_and_compiles):
+    return full_run_and_compiles[0]
+
+
+def test_the_train_step_compiles_once(full_run_and_compiles):
+    # 2 tasks x 2 epochs, every batch in the one bucket: one executable. A fresh optimizer state
+    # or mask made outside the mesh (sharding {} where the step returns a committed one) would
+    # compile the step again at the first step of each task, and again at its second.
+    _, compiles = full_run_and_compiles
+    assert len(compiles) == 1, "\n\n".join(compiles)
 
 
 def test_run_writes_the_results_contract(full_run):
@@ -104,8 +121,10 @@ def test_resume_after_interruption_gives_identical_matrices(world, full_run, mon
     with pytest.raises(KeyboardInterrupt):
         loop.run(_cfg(world, "resumed"))
     monkeypatch.setattr(loop, "_learn_phase", real)
-    res = loop.run(_cfg(world, "resumed"))
+    with count_compiles("train_step") as compiles:
+        res = loop.run(_cfg(world, "resumed"))
     assert res.resumed_from == 0
+    assert len(compiles) == 1, "\n\n".join(compiles)  # restored state is committed too
     np.testing.assert_array_equal(res.acc, full_run.acc)
     np.testing.assert_array_equal(res.mf1, full_run.mf1)
 

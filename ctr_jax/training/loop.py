@@ -409,7 +409,10 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     dp.check_batch_size(cfg.train.eval_batch_size, "train.eval_batch_size")
     trainable, frozen = dp.replicate(trainable), dp.replicate(frozen)
     P, D = trainable["plugins"]["w2"][...].shape[0], trainable["plugins"]["w2"][...].shape[2]
-    masks = hat.HatMasks.zeros(P, cfg.model.tsm_width, D)
+    # Every array the train step takes is committed to the mesh, as the step's outputs are: an
+    # uncommitted input (sharding {}) next to a committed one is a new jit cache key, i.e. a
+    # second compilation of the whole step (tests/test_loop.py counts them).
+    masks = dp.replicate(hat.HatMasks.zeros(P, cfg.model.tsm_width, D))
     acc = np.full((T, T), np.nan)
     mf1 = np.full((T, T), np.nan)
     # ONE restarts every task from this state (a copy: the train step donates its input).
@@ -443,8 +446,8 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     if resumed is not None:
         state, meta = ckpt.restore(resumed, _saveable(trainable, masks, acc, mf1, root_key))
         trainable = dp.replicate(_unflat(trainable, state["trainable"]))
-        masks = hat.HatMasks(
-            m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])
+        masks = dp.replicate(
+            hat.HatMasks(m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"]))
         )
         acc, mf1 = np.array(state["acc"]), np.array(state["mf1"])
         start = resumed + 1
@@ -581,7 +584,9 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     bs = cfg.train.batch_size
     per_epoch = batching.num_batches(len(train_enc), bs)
     total = per_epoch * epochs
-    opt_state = ctx.tx.init(trainable)  # begin_task: fresh moments
+    # begin_task: fresh moments, committed to the mesh like the step's output (else Adam's
+    # step count, made outside it, makes the first step of every task compile the step anew)
+    opt_state = ctx.dp.replicate(ctx.tx.init(trainable))
     tid = jnp.int32(t)
     s_max = cfg.hat.s_max
     reg_weight = cfg.hat.reg_weight if method.hat else 0.0
