@@ -3,6 +3,7 @@
 # device tool with `run.py --jobs`, and tars their run folders (no checkpoints, with each run's
 # log.txt) into $OUT/runs.tgz. The successor of asc_paper.sh, which started its runs by hand.
 #
+# Set-up here first: `bash scripts/device/prepare.sh` builds .gpu/ and .whl/ (git-ignored).
 # The backbone travels as in asc_paper.sh (its header): model.safetensors (91 MB) is over the
 # tool's 64 MiB carry limit, so it goes in two halves in two calls made back to back (the
 # machine stays warm 30 s between calls):
