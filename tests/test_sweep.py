@@ -148,8 +148,13 @@ def test_summary_line_reads_results(tmp_path):
 
 def test_ctrl_c_stops_the_running_children_and_starts_no_more(tmp_path, monkeypatch):
     monkeypatch.setattr(launch, "_GRACE_S", 0.2)
-    # Each child records its pid in its run folder, then waits for a signal.
-    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    # Each child records its pid in its run folder, then waits for a signal. It restores
+    # Python's Ctrl-C handler: a test session started with `&` or nohup ignores SIGINT, and
+    # its children would inherit that and sleep their 120 s out, passing the checks below late.
+    script = (
+        "import os, signal, sys, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)"
+    )
     jobs = [
         launch.Job(f"r{i}", tmp_path / f"r{i}", (str(tmp_path / f"r{i}" / "pid"),))
         for i in range(3)
@@ -159,6 +164,7 @@ def test_ctrl_c_stops_the_running_children_and_starts_no_more(tmp_path, monkeypa
         raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGALRM, interrupt)
+    t0 = time.monotonic()
     try:
         signal.setitimer(signal.ITIMER_REAL, 3.0)
         with pytest.raises(KeyboardInterrupt):
@@ -166,6 +172,7 @@ def test_ctrl_c_stops_the_running_children_and_starts_no_more(tmp_path, monkeypa
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 30.0  # stopped, not waited for (they sleep 120 s)
     for job in jobs[:2]:
         pid = int((job.run_dir / "pid").read_text())
         with pytest.raises(ProcessLookupError):  # stopped and reaped
