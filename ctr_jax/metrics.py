@@ -90,6 +90,15 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(f1))
 
 
+def one_class(y_true: np.ndarray, y_pred: np.ndarray) -> int | None:
+    """The class every prediction names, when the predictions name one class only while y_true
+    holds more than one (a model that ignores its input); else None. y_true, y_pred: [N]."""
+    t, p = _labels_pair(y_true, y_pred)
+    if np.unique(t).size > 1 and np.all(p == p[0]):
+        return int(p[0])
+    return None
+
+
 # --------------------------------------------------------------------------- matrix summaries
 
 

@@ -39,6 +39,7 @@ def test_overrides_and_types():
         ("train.lr=fast", "train.lr"),
         ("train.batch_size=1.5", "train.batch_size"),
         ("model.capsule_layers=3", "model.capsule_layers"),
+        ("model.pooling=max", "model.pooling"),
         ("data.benchmark=imagenet", "data.benchmark"),
         ("model.eval_router_noise=1", "model.eval_router_noise"),
         ("train.buckets=64", "train.buckets"),

@@ -94,6 +94,10 @@ def test_run_writes_the_results_contract(full_run):
         json.loads(line) for line in (res.run_dir / "metrics.jsonl").read_text().splitlines()
     ]
     assert sum(r["kind"] == "epoch" for r in records) == 4  # 2 tasks x 2 epochs
+    tests = [r for r in records if r["kind"] == "test"]
+    assert [(r["task"], r["eval_task"]) for r in tests] == [(0, 0), (1, 0), (1, 1)]
+    for r in tests:  # a one-class predictor of a 2-class task has MF1 <= 1/2
+        assert r["one_class"] is None or (r["one_class"] in (0, 1) and r["mf1"] <= 0.5)
     ends = [r for r in records if r["kind"] == "task_end"]
     assert [r["task"] for r in ends] == [0, 1]
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 100 for r in ends)  # jax alone is more

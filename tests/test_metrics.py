@@ -204,3 +204,16 @@ def test_results_files_get_the_umask_permissions(tmp_path):
         os.umask(old)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert modes == dict.fromkeys(["acc_matrix.csv", "mf1_matrix.csv", "results.json"], 0o644)
+
+
+@pytest.mark.parametrize(
+    "y_true, y_pred, expected",
+    [
+        ([0, 1, 1, 0], [1, 1, 1, 1], 1),  # every prediction class 1: a one-class predictor
+        ([0, 1, 1, 0], [1, 1, 0, 1], None),  # two classes predicted
+        ([1, 1, 1], [1, 1, 1], None),  # one true class: predicting it is no collapse
+        ([2, 0, 1], [0, 0, 0], 0),
+    ],
+)
+def test_one_class(y_true, y_pred, expected):
+    assert metrics.one_class(np.array(y_true), np.array(y_pred)) == expected

@@ -72,6 +72,31 @@ def test_zero_tsm_output_gives_the_frozen_encoder():
     assert float(jnp.max(logits[:, 2])) < -1e8
 
 
+@pytest.mark.parametrize("pooling", ["pooler", "mean", "cls"])
+def test_heads_read_what_model_pooling_names(pooling):
+    """With identity plugins, the logits are the head applied to the pooler's output, the mean of
+    the last hidden states over real tokens (by hand), or h[CLS]."""
+    model = tiny_model(cfg=dataclasses.replace(TINY_MODEL, pooling=pooling))
+    model.plugins.w2[...] = jnp.zeros_like(model.plugins.w2[...])
+    model.plugins.b2[...] = jnp.zeros_like(model.plugins.b2[...])
+    b = random_batch(3, 12, lengths=jnp.array([12, 5, 2]))
+    hidden, pooled = model.encoder(b.input_ids, b.token_type_ids, b.attention_mask)
+    hidden = np.asarray(hidden)
+    expected = {
+        "pooler": np.asarray(pooled),
+        "mean": np.stack([hidden[i, :n].mean(0) for i, n in enumerate((12, 5, 2))]),
+        "cls": hidden[:, 0],
+    }[pooling]
+    logits, _ = _forward(model, b, 1)
+    w, bias = np.asarray(model.head_w[...][1]), np.asarray(model.head_b[...][1])
+    np.testing.assert_allclose(np.asarray(logits[:, :2]), expected @ w[:, :2] + bias[:2], atol=1e-5)
+
+
+def test_unknown_pooling_is_refused():
+    with pytest.raises(ValueError, match="model.pooling"):
+        tiny_model(cfg=dataclasses.replace(TINY_MODEL, pooling="max"))
+
+
 def test_nonzero_plugins_change_the_output():
     model = tiny_model()
     w2 = model.plugins.w2  # a unit-scale TSM, so its effect does not hang on the init draw
@@ -83,10 +108,11 @@ def test_nonzero_plugins_change_the_output():
     assert float(jnp.max(jnp.abs(logits - plain))) > 1e-4
 
 
-@pytest.mark.parametrize("ksm", ["transfer", "dynamic"])
-def test_padding_never_changes_a_result(ksm):
+@pytest.mark.parametrize("ksm,pooling", [("transfer", "pooler"), ("dynamic", "pooler"),
+                                         ("transfer", "mean")])  # fmt: skip
+def test_padding_never_changes_a_result(ksm, pooling):
     """The same examples padded to the shortest bucket (32) and to 128: the same logits."""
-    model = tiny_model(ksm=ksm)
+    model = tiny_model(ksm=ksm, cfg=dataclasses.replace(TINY_MODEL, pooling=pooling))
     if ksm == "transfer":
         open_router(model)
     # The KSM is ~1e-6 of its input at init; scale it up so it matters at the tolerance below.

@@ -2,6 +2,9 @@
 
     logits_t = head_t(dropout(pooler(BERT_with_plugins(x; t, s))))        spec §2
 
+``model.pooling`` can replace the pooler by the mean of the last hidden states or h[CLS]
+(``pool``; the default backbone's pooler is untrained, see ``ModelConfig.pooling``).
+
 Heads of all T tasks are stacked ``[T, D, C_max]``; a task with fewer classes than ``C_max``
 gets its extra logits masked to a large negative value, so the cross-entropy equals the one of
 an ``n_t``-way head and every task runs the same compiled step.
@@ -36,6 +39,22 @@ def _dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
     return jnp.where(keep, x / (1.0 - rate), 0.0)
 
 
+POOLINGS = ("pooler", "mean", "cls")
+
+
+def pool(hidden: jax.Array, pooled: jax.Array, mask: jax.Array, how: str) -> jax.Array:
+    """What the heads read: hidden [B, L, D] last hidden states, pooled [B, D] BERT's pooled
+    output, mask [B, L] float (1 = real token) -> [B, D] (``ModelConfig.pooling``)."""
+    if how == "pooler":
+        return pooled
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "mean":
+        n = jnp.maximum(jnp.sum(mask, axis=1, keepdims=True), 1.0)  # [B, 1]
+        return jnp.einsum("bld,bl->bd", hidden, mask) / n
+    raise ValueError(f"unknown pooling {how!r}; known: {POOLINGS}")
+
+
 class CTRClassifier(nnx.Module):
     """Frozen encoder + CL-plugins (CTR or a baseline's) + per-task heads."""
 
@@ -67,6 +86,9 @@ class CTRClassifier(nnx.Module):
         )
         valid = np.arange(c_max)[None, :] < np.asarray(num_classes)[:, None]
         self.class_valid = Buffer(jnp.asarray(valid))  # [T, C_max]
+        if cfg.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
+        self.pooling = cfg.pooling
 
     def __call__(
         self,
@@ -107,7 +129,7 @@ class CTRClassifier(nnx.Module):
             key = None if router_key is None else jax.random.fold_in(router_key, 2 * layer + j)
             return self.plugins(prm, x, mask, task_id, a[j], b[j], key, straight_through, probe)
 
-        _, pooled, *aux = self.encoder(
+        hidden, pooled, *aux = self.encoder(
             input_ids,
             token_type_ids,
             attention_mask,
@@ -116,7 +138,8 @@ class CTRClassifier(nnx.Module):
             plugin_xs=plugin_xs,
             plugin_aux=probe,
         )
-        pooled = _dropout(pooled, POOLED_DROPOUT, pool_key)  # [B, D]
+        pooled = pool(hidden, pooled, mask, self.pooling)  # [B, D]
+        pooled = _dropout(pooled, POOLED_DROPOUT, pool_key)
         if head_ids is None:
             head_ids = jnp.full(pooled.shape[:1], task_id, jnp.int32)
         w = jnp.take(self.head_w[...], head_ids, axis=0)  # [B, D, C_max]

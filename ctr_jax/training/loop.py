@@ -239,6 +239,7 @@ class _Evaluator:
             "acc": metrics.accuracy(enc.labels, preds),
             "mf1": metrics.macro_f1(enc.labels, preds),
             "ce": ce_sum / max(1, len(enc)),
+            "one_class": metrics.one_class(enc.labels, preds),
         }
 
 
@@ -438,7 +439,9 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
     evaluate = _Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
-    ctx = _TaskContext(cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp)
+    ctx = _TaskContext(
+        cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names
+    )
 
     ckpt = TaskCheckpointer(run_dir / "checkpoints")
     start = 0
@@ -524,7 +527,17 @@ def _test_after(ctx, method: Method, t, phase, encoded, trainable, acc, mf1) -> 
     for u in evaluated:
         res = ctx.evaluate(trainable, encoded[u]["test"], u)
         acc[t, u], mf1[t, u] = res["acc"], res["mf1"]
-        ctx.writer.write("test", task=t, eval_task=u, acc=res["acc"], mf1=res["mf1"])
+        ctx.writer.write(
+            "test", task=t, eval_task=u, acc=res["acc"], mf1=res["mf1"], one_class=res["one_class"]
+        )
+        if res["one_class"] is not None and u == t:
+            # A collapse, not forgetting: the task's model ignores its input (README "When
+            # training collapses"). Said once per task, when it is learned.
+            log.warning(
+                "task %d/%d %s: every test prediction is class %d (a one-class predictor, "
+                "test acc %.3f, MF1 %.3f)",
+                u + 1, len(acc), ctx.task_names[u], res["one_class"], res["acc"], res["mf1"],
+            )  # fmt: skip
     if method.protocol == "joint":
         # One model learned every task at once: every row is that model's evaluation.
         final_a, final_f = acc[t].copy(), mf1[t].copy()
@@ -561,6 +574,7 @@ class _TaskContext:
     train_key: jax.Array
     writer: MetricWriter | NullWriter
     dp: DataParallel
+    task_names: list[str]
 
 
 def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
