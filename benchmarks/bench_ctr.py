@@ -23,6 +23,7 @@ Prints a Markdown table; --json writes the rows too.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -36,7 +37,7 @@ PADDINGS = {  # --padding choices: the padded lengths a batch may get
     "128": (128,),  # the original's fixed padding
 }
 ROW_FIELDS = ("method", "capacity", "width", "padding", "dtype", "max_tokens", "eval_max_tokens",
-              "unroll", "remat",
+              "unroll", "remat", "pooling",
               "compile_s", "train_ex_s", "eval_ex_s", "peak_rss_mb", "device_peak_mb",
               "train_gflop_s")  # fmt: skip
 
@@ -98,6 +99,7 @@ def run_row(
     unroll: int = 1,
     remat: bool = False,
     eval_max_tokens: int | None = None,
+    pooling: str = "pooler",
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -112,7 +114,7 @@ def run_row(
     from ctr_jax.training.loop import _cast_kernels
 
     m = get_method(method)
-    cfg = ModelConfig(tsm_width=width, compute_dtype=dtype)
+    cfg = ModelConfig(tsm_width=width, compute_dtype=dtype, pooling=pooling)
     encoder = load_pretrained(resolve_backbone(None))
     model = CTRClassifier(encoder, [3] * capacity, cfg, ksm=m.ksm, use_hat=m.hat, rngs=nnx.Rngs(0))
     if dtype != "float32":
@@ -179,7 +181,7 @@ def run_row(
     dev_peak = round(stats["peak_bytes_in_use"] / 2**20) if "peak_bytes_in_use" in stats else "-"
     return dict(method=method, capacity=capacity, width=width, padding=padding, dtype=dtype,
                 max_tokens=max_tokens, eval_max_tokens=eval_max_tokens, unroll=unroll,
-                remat=remat,
+                remat=remat, pooling=pooling,
                 compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
                 eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak),
                 device_peak_mb=dev_peak, train_gflop_s=round(gflop_s, 1))  # fmt: skip
@@ -210,6 +212,13 @@ def main() -> None:
         default="off",
         help="model.remat (default off, as the config)",
     )
+    p.add_argument(
+        "--pooling",
+        nargs="+",
+        default=["pooler"],
+        choices=["pooler", "mean", "cls"],
+        help="model.pooling (default pooler, as the config)",
+    )
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
     args = p.parse_args()
@@ -229,9 +238,9 @@ def main() -> None:
         caps = args.capacity if method in ("ctr", "bcl") else [max(args.capacity)]
         for cap in caps:
             for padding in args.padding:
-                for dtype in args.dtype:
+                for dtype, pooling in itertools.product(args.dtype, args.pooling):
                     spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
-                                dtype=dtype, width=args.tsm_width,
+                                dtype=dtype, pooling=pooling, width=args.tsm_width,
                                 max_tokens=args.max_tokens, unroll=args.unroll,
                                 eval_max_tokens=args.eval_max_tokens or None,
                                 remat=args.remat == "on")  # fmt: skip

@@ -78,13 +78,13 @@ class ModelConfig:
     # Similarity-estimator CNN: filters per kernel size and the kernel sizes.
     cnn_filters: int = 100
     cnn_kernels: tuple[int, ...] = (3, 4, 5)
-    # What the task heads read (spec §2 uses "pooler"): "pooler" = BERT's pooled output
-    # tanh(h[CLS] W_p + b_p); "mean" = the mean of the last hidden states over real tokens (the
-    # pooling all-MiniLM-L6-v2 was trained with, per its 1_Pooling/config.json); "cls" = h[CLS].
-    # all-MiniLM-L6-v2's pooler was never trained for anything (bias exactly 0, weight RMS 0.009,
-    # singular values 0.35 down to 1e-4): it shrinks h[CLS] 3x or more, so its pooled output
-    # carries almost nothing at the start of training (README "The pooler of the default backbone").
-    pooling: Literal["pooler", "mean", "cls"] = "pooler"
+    # What the task heads read: "pooler" = BERT's pooled output tanh(h[CLS] W_p + b_p) (spec §2);
+    # "mean" = the mean of the last hidden states over real tokens; "cls" = h[CLS]; "auto" = the
+    # pooling the backbone folder declares in a sentence-transformers 1_Pooling/config.json,
+    # else "pooler" (so bert-base-uncased keeps the spec's pooler). all-MiniLM-L6-v2 declares
+    # "mean", and its BERT pooler was never trained (bias exactly 0, weight RMS 0.009, singular
+    # values 0.35 down to 1e-4): README "The pooler of the default backbone".
+    pooling: Literal["auto", "pooler", "mean", "cls"] = "pooler"
     # Evaluate with Gumbel noise in the task router, as the original code does (spec §10.5).
     eval_router_noise: bool = False
     # Gumbel-softmax temperature of the task router.

@@ -296,3 +296,44 @@ def test_bfloat16_compute_is_close_and_switchable(tiny):
     diff = float(jnp.max(jnp.abs(low[0] - ref[0])))
     assert 0.0 < diff < 0.1, diff  # bf16 rounding is visible, and small
     chex.assert_trees_all_equal(_apply(tiny, batch), ref)  # "float32" restores exact results
+
+
+# ---------------------------------------------------------------- the backbone's declared pooling
+
+
+def _pooling_folder(tmp_path: Path, modes) -> Path:
+    (tmp_path / "1_Pooling").mkdir()
+    text = modes if isinstance(modes, str) else json.dumps(modes)
+    (tmp_path / "1_Pooling" / "config.json").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "modes,declared",
+    [
+        ({"pooling_mode_mean_tokens": True, "pooling_mode_cls_token": False}, "mean"),
+        ({"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}, "cls"),
+        ({"pooling_mode_max_tokens": True}, None),  # a mode we do not have: the pooler
+        ({"pooling_mode_mean_tokens": True, "pooling_mode_max_tokens": True}, None),
+    ],
+)
+def test_declared_pooling_reads_sentence_transformers_config(tmp_path, modes, declared):
+    folder = _pooling_folder(tmp_path, modes)
+    assert bert.declared_pooling(folder) == declared
+    assert bert.resolve_pooling("auto", folder) == (declared or "pooler")
+    assert bert.resolve_pooling("cls", folder) == "cls"  # an explicit choice wins
+
+
+def test_a_plain_bert_folder_declares_no_pooling(tmp_path):
+    assert bert.declared_pooling(tmp_path) is None
+    assert bert.resolve_pooling("auto", tmp_path) == "pooler"
+
+
+def test_a_broken_pooling_config_names_the_file(tmp_path):
+    folder = _pooling_folder(tmp_path, "{not json")
+    with pytest.raises(BackboneError, match=r"1_Pooling/config\.json"):
+        bert.declared_pooling(folder)
+
+
+def test_the_default_backbone_declares_mean_pooling(backbone_folder):
+    assert bert.declared_pooling(backbone_folder) == "mean"

@@ -88,6 +88,7 @@ def test_run_writes_the_results_contract(full_run):
         assert key in out
     assert out["acc"][0][1] is None and 0.0 <= out["acc"][1][0] <= 1.0
     assert set(out["summary"]) >= {"acc", "mf1", "forgetting", "bwt"}
+    assert out["pooling"] == "pooler"  # the tiny backbone declares no pooling of its own
     np.testing.assert_allclose(out["summary"]["acc"], np.mean(res.acc[1]))
     assert (res.run_dir / "acc_matrix.csv").is_file() and (res.run_dir / "mf1_matrix.csv").is_file()
     records = [

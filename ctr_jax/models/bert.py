@@ -434,6 +434,36 @@ def resolve_backbone(name_or_path: str | Path | None) -> Path:
         ) from e
 
 
+# sentence-transformers' 1_Pooling/config.json keys -> our model.pooling names. A backbone that
+# declares another mode (max, mean_sqrt_len, weighted) gets BERT's pooler under "auto".
+_ST_POOLING = {"pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls"}
+
+
+def declared_pooling(folder: Path) -> str | None:
+    """The pooling a backbone folder says it was trained with: "mean" or "cls" when it holds a
+    sentence-transformers ``1_Pooling/config.json`` that turns on exactly that mode, else None
+    (a plain BERT checkpoint such as bert-base-uncased, whose pooler was trained with NSP)."""
+    path = Path(folder) / "1_Pooling" / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        modes = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BackboneError(f"{path}: not a readable JSON file ({e})") from e
+    if not isinstance(modes, dict):
+        raise BackboneError(f"{path}: expected a JSON object of pooling_mode_* flags")
+    on = [k for k, v in modes.items() if k.startswith("pooling_mode_") and v is True]
+    return _ST_POOLING.get(on[0]) if len(on) == 1 else None
+
+
+def resolve_pooling(how: str, folder: Path) -> str:
+    """``model.pooling`` -> what the heads read: "auto" is the backbone's declared pooling
+    (``declared_pooling``) or, without one, BERT's pooler (spec §2); any other value is kept."""
+    if how != "auto":
+        return how
+    return declared_pooling(folder) or "pooler"
+
+
 def _hf_layout(model: BertEncoder) -> list[tuple[nnx.Variable, str | list[str], bool]]:
     """(variable, HF key(s) without prefix, transpose?) for every weight of ``model``.
 

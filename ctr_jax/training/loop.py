@@ -44,7 +44,7 @@ from ctr_jax.data.tasks import Task, resolve_data_root
 from ctr_jax.data.tokenize import Encoded, TextEncoder
 from ctr_jax.methods import Method, get_method
 from ctr_jax.models import hat
-from ctr_jax.models.bert import load_pretrained, resolve_backbone
+from ctr_jax.models.bert import load_pretrained, resolve_backbone, resolve_pooling
 from ctr_jax.models.classifier import CTRClassifier
 from ctr_jax.parallel import DataParallel, init_distributed, is_primary
 from ctr_jax.tracking import MetricWriter, NullWriter, peak_rss_mb, setup_logging
@@ -287,10 +287,11 @@ def build_model(
     """The method's model on the pretrained backbone, freshly initialised from ``cfg.seed``, as
     (graphdef, trainable, frozen) (``step.split_model``; frozen kernels in the compute dtype)."""
     rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 0))
+    pooling = resolve_pooling(cfg.model.pooling, backbone)
     model = CTRClassifier(
         load_pretrained(backbone),
         [t.num_classes for t in tasks],
-        cfg.model,
+        dataclasses.replace(cfg.model, pooling=pooling),
         ksm=method.ksm,
         use_hat=method.hat,
         rngs=rngs,
@@ -399,6 +400,8 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     T = len(tasks)
     backbone = resolve_backbone(cfg.model.backbone)
     log.info("method %s; backbone %s; %d tasks: %s", method.label, backbone, T, ", ".join(names))
+    pooling = resolve_pooling(cfg.model.pooling, backbone)
+    log.info("task heads read: %s (model.pooling=%s)", pooling, cfg.model.pooling)
     t0 = time.perf_counter()
     text = TextEncoder(backbone, cfg.data.max_len)
     encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
@@ -484,7 +487,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
             },
         )
         if primary:
-            _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone))
+            _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone), pooling)
     ckpt.close()
     done = int(np.sum(~np.isnan(np.diag(acc))))
     summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
@@ -545,7 +548,7 @@ def _test_after(ctx, method: Method, t, phase, encoded, trainable, acc, mf1) -> 
             acc[r, : r + 1], mf1[r, : r + 1] = final_a[: r + 1], final_f[: r + 1]
 
 
-def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone) -> None:
+def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone, pooling) -> None:
     metrics.write_results(
         run_dir,
         method=cfg.method,
@@ -556,7 +559,12 @@ def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone) -> N
         tasks=names,
         acc=acc,
         mf1=mf1,
-        extra={"protocol": method.protocol, "epochs": cfg.train.epochs, "name": cfg.name},
+        extra={
+            "protocol": method.protocol,
+            "epochs": cfg.train.epochs,
+            "name": cfg.name,
+            "pooling": pooling,  # what the heads read, model.pooling="auto" resolved
+        },
     )
 
 
