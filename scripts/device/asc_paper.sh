@@ -29,6 +29,8 @@ el() { echo $(( $(date +%s) - T0 )); }
 M=$STASH/minilm
 mkdir -p "$M"
 cp .gpu/mb/*.json .gpu/mb/vocab.txt "$M"/
+# 1_Pooling/ says how the backbone pools (model.pooling=auto reads it): keep it with the weights.
+[ ! -d .gpu/mb/1_Pooling ] || cp -r .gpu/mb/1_Pooling "$M"/
 cat "$STASH"/ma/part_aa .gpu/mb/part_ab > "$M"/model.safetensors
 echo "$(cat .gpu/mb/sha256)  $M/model.safetensors" | sha256sum -c - || { echo "BAD WEIGHTS"; exit 3; }
 

@@ -3,7 +3,7 @@
 # carry, so that a session lent a GPU spends its device minutes on runs, not on set-up:
 #   .gpu/ma/part_aa              first half of the backbone's model.safetensors  (call 1)
 #   .gpu/data/absa               the ASC data                                   (call 1)
-#   .gpu/mb/{part_ab,sha256,*.json,vocab.txt}  second half, checksum, config   (call 2)
+#   .gpu/mb/{part_ab,sha256,*.json,vocab.txt,1_Pooling/}  second half, checksum, config  (call 2)
 #   .gpu/sh/                     copies of the device scripts                   (call 2)
 #   .whl/orbax_checkpoint-*.whl  our orbax pin, for the image's jax / flax      (call 2)
 # The tool carries at most 64 MiB per call; the 91 MB safetensors file therefore goes in two
@@ -24,6 +24,7 @@ mv .gpu/part_ab .gpu/mb/
 [ ! -e .gpu/part_ac ] || { echo "model.safetensors needs more than two halves" >&2; exit 3; }
 sha256sum "$MODEL/model.safetensors" | cut -d' ' -f1 > .gpu/mb/sha256
 cp "$MODEL"/*.json "$MODEL/vocab.txt" .gpu/mb/
+[ ! -d "$MODEL/1_Pooling" ] || cp -r "$MODEL/1_Pooling" .gpu/mb/  # read by model.pooling=auto
 cp -r "$DATA/absa" .gpu/data/
 cp scripts/device/*.sh .gpu/sh/
 orbax=$($PY -c 'import importlib.metadata as m; print(m.version("orbax-checkpoint"))')
