@@ -83,8 +83,10 @@ class ModelConfig:
     # pooling the backbone folder declares in a sentence-transformers 1_Pooling/config.json,
     # else "pooler" (so bert-base-uncased keeps the spec's pooler). all-MiniLM-L6-v2 declares
     # "mean", and its BERT pooler was never trained (bias exactly 0, weight RMS 0.009, singular
-    # values 0.35 down to 1e-4): README "The pooler of the default backbone".
-    pooling: Literal["auto", "pooler", "mean", "cls"] = "pooler"
+    # values 0.35 down to 1e-4); reading it kept the heads on the majority class for longer
+    # (README "The pooler of the default backbone"). "auto" is the default since 2026-12-01;
+    # every earlier figure read the pooler.
+    pooling: Literal["auto", "pooler", "mean", "cls"] = "auto"
     # Evaluate with Gumbel noise in the task router, as the original code does (spec §10.5).
     eval_router_noise: bool = False
     # Gumbel-softmax temperature of the task router.

@@ -23,9 +23,12 @@ def tiny_model(
     seed: int = 0,
     ksm: str | None = "transfer",
     use_hat: bool = True,
+    declared_pooling: str | None = None,
 ):
-    """A tiny CTR model; ksm / use_hat select a baseline's plugin (ctr_jax.methods)."""
+    """A tiny CTR model; ksm / use_hat select a baseline's plugin (ctr_jax.methods);
+    declared_pooling stands for what a loaded backbone folder would declare."""
     encoder = BertEncoder(BertConfig.tiny(), rngs=nnx.Rngs(seed))
+    encoder.declared_pooling = declared_pooling
     return CTRClassifier(
         encoder, list(num_classes), cfg, ksm=ksm, use_hat=use_hat, rngs=nnx.Rngs(seed + 1)
     )

@@ -320,13 +320,13 @@ def _pooling_folder(tmp_path: Path, modes) -> Path:
 def test_declared_pooling_reads_sentence_transformers_config(tmp_path, modes, declared):
     folder = _pooling_folder(tmp_path, modes)
     assert bert.declared_pooling(folder) == declared
-    assert bert.resolve_pooling("auto", folder) == (declared or "pooler")
-    assert bert.resolve_pooling("cls", folder) == "cls"  # an explicit choice wins
+    assert bert.resolve_pooling("auto", declared) == (declared or "pooler")
+    assert bert.resolve_pooling("cls", declared) == "cls"  # an explicit choice wins
 
 
 def test_a_plain_bert_folder_declares_no_pooling(tmp_path):
     assert bert.declared_pooling(tmp_path) is None
-    assert bert.resolve_pooling("auto", tmp_path) == "pooler"
+    assert bert.resolve_pooling("auto", None) == "pooler"
 
 
 def test_a_broken_pooling_config_names_the_file(tmp_path):
@@ -335,5 +335,11 @@ def test_a_broken_pooling_config_names_the_file(tmp_path):
         bert.declared_pooling(folder)
 
 
-def test_the_default_backbone_declares_mean_pooling(backbone_folder):
-    assert bert.declared_pooling(backbone_folder) == "mean"
+def test_the_default_backbone_declares_mean_pooling(minilm):
+    assert minilm.declared_pooling == "mean"  # load_pretrained read its 1_Pooling/config.json
+
+
+def test_a_loaded_plain_bert_declares_none(backbone_folder, tmp_path):
+    for name in ("config.json", "model.safetensors"):  # the weights without 1_Pooling/
+        (tmp_path / name).symlink_to(backbone_folder / name)
+    assert bert.load_pretrained(tmp_path).declared_pooling is None

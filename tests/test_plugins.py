@@ -92,6 +92,15 @@ def test_heads_read_what_model_pooling_names(pooling):
     np.testing.assert_allclose(np.asarray(logits[:, :2]), expected @ w[:, :2] + bias[:2], atol=1e-5)
 
 
+@pytest.mark.parametrize("declared,expected", [(None, "pooler"), ("mean", "mean"), ("cls", "cls")])
+def test_auto_pooling_reads_what_the_backbone_declares(declared, expected):
+    auto = dataclasses.replace(TINY_MODEL, pooling="auto")
+    assert tiny_model(cfg=auto, declared_pooling=declared).pooling == expected
+    # An explicit choice is kept whatever the backbone declares.
+    pooler = dataclasses.replace(TINY_MODEL, pooling="pooler")
+    assert tiny_model(cfg=pooler, declared_pooling=declared).pooling == "pooler"
+
+
 def test_unknown_pooling_is_refused():
     with pytest.raises(ValueError, match="model.pooling"):
         tiny_model(cfg=dataclasses.replace(TINY_MODEL, pooling="max"))

@@ -26,6 +26,7 @@ def test_run_py_on_two_asc_tasks(tmp_path, data_root, backbone_folder):
     out = json.loads((tmp_path / "asc_ctr" / "results.json").read_text())
     assert out["tasks"] == ["Bing9domains_CanonPowerShotSD500", "Bing9domains_LinksysRouter"]
     assert out["benchmark"] == "asc" and out["method"] == "ctr"
+    assert out["pooling"] == "mean"  # model.pooling=auto: the backbone's 1_Pooling/config.json
     assert all(0.0 <= a <= 1.0 for a in out["acc"][1])
     assert out["acc"][0][1] is None
 

@@ -329,6 +329,9 @@ class BertEncoder(nnx.Module):
         # Rematerialise each layer in the backward pass (jax.checkpoint on the scan body): keeps
         # only the layers' inputs alive, recomputing the rest. Static, like scan_unroll.
         self.remat = False
+        # The pooling the checkpoint's folder declares ("mean", "cls"; ``declared_pooling``),
+        # set by ``load_pretrained``; None for a plain BERT. Read by model.pooling="auto".
+        self.declared_pooling: str | None = None
 
     def set_compute_dtype(self, dtype: str) -> None:
         """Runs every frozen dense layer's matmul in `dtype` ("bfloat16") with float32
@@ -456,12 +459,13 @@ def declared_pooling(folder: Path) -> str | None:
     return _ST_POOLING.get(on[0]) if len(on) == 1 else None
 
 
-def resolve_pooling(how: str, folder: Path) -> str:
+def resolve_pooling(how: str, declared: str | None) -> str:
     """``model.pooling`` -> what the heads read: "auto" is the backbone's declared pooling
-    (``declared_pooling``) or, without one, BERT's pooler (spec §2); any other value is kept."""
+    (``declared_pooling`` of its folder) or, without one, BERT's pooler (spec §2); any other
+    value is kept."""
     if how != "auto":
         return how
-    return declared_pooling(folder) or "pooler"
+    return declared or "pooler"
 
 
 def _hf_layout(model: BertEncoder) -> list[tuple[nnx.Variable, str | list[str], bool]]:
@@ -567,4 +571,5 @@ def load_pretrained(folder: Path) -> BertEncoder:
             slices.append(arr)
         arr = slices[0] if isinstance(names, str) else np.stack(slices)
         var.set_value(jnp.asarray(arr, jnp.float32))
+    model.declared_pooling = declared_pooling(folder)
     return model

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from ctr_jax.config import ModelConfig
-from ctr_jax.models.bert import BertEncoder
+from ctr_jax.models.bert import BertEncoder, resolve_pooling
 from ctr_jax.models.plugins import CLPlugins, by_site
 from ctr_jax.models.variables import Buffer, HeadParam
 
@@ -86,9 +86,13 @@ class CTRClassifier(nnx.Module):
         )
         valid = np.arange(c_max)[None, :] < np.asarray(num_classes)[:, None]
         self.class_valid = Buffer(jnp.asarray(valid))  # [T, C_max]
-        if cfg.pooling not in POOLINGS:
-            raise ValueError(f"model.pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
-        self.pooling = cfg.pooling
+        # "auto": the pooling the backbone declares (load_pretrained reads it), else the pooler.
+        pooling = resolve_pooling(cfg.pooling, getattr(encoder, "declared_pooling", None))
+        if pooling not in POOLINGS:
+            raise ValueError(
+                f"model.pooling must be one of {(*POOLINGS, 'auto')}, got {cfg.pooling!r}"
+            )
+        self.pooling = pooling
 
     def __call__(
         self,

@@ -44,7 +44,12 @@ from ctr_jax.data.tasks import Task, resolve_data_root
 from ctr_jax.data.tokenize import Encoded, TextEncoder
 from ctr_jax.methods import Method, get_method
 from ctr_jax.models import hat
-from ctr_jax.models.bert import load_pretrained, resolve_backbone, resolve_pooling
+from ctr_jax.models.bert import (
+    declared_pooling,
+    load_pretrained,
+    resolve_backbone,
+    resolve_pooling,
+)
 from ctr_jax.models.classifier import CTRClassifier
 from ctr_jax.parallel import DataParallel, init_distributed, is_primary
 from ctr_jax.tracking import MetricWriter, NullWriter, peak_rss_mb, setup_logging
@@ -287,11 +292,10 @@ def build_model(
     """The method's model on the pretrained backbone, freshly initialised from ``cfg.seed``, as
     (graphdef, trainable, frozen) (``step.split_model``; frozen kernels in the compute dtype)."""
     rngs = nnx.Rngs(params=jax.random.fold_in(jax.random.key(cfg.seed), 0))
-    pooling = resolve_pooling(cfg.model.pooling, backbone)
     model = CTRClassifier(
         load_pretrained(backbone),
         [t.num_classes for t in tasks],
-        dataclasses.replace(cfg.model, pooling=pooling),
+        cfg.model,
         ksm=method.ksm,
         use_hat=method.hat,
         rngs=rngs,
@@ -400,7 +404,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     T = len(tasks)
     backbone = resolve_backbone(cfg.model.backbone)
     log.info("method %s; backbone %s; %d tasks: %s", method.label, backbone, T, ", ".join(names))
-    pooling = resolve_pooling(cfg.model.pooling, backbone)
+    pooling = resolve_pooling(cfg.model.pooling, declared_pooling(backbone))  # as the model
     log.info("task heads read: %s (model.pooling=%s)", pooling, cfg.model.pooling)
     t0 = time.perf_counter()
     text = TextEncoder(backbone, cfg.data.max_len)
