@@ -8,6 +8,7 @@ properties or are computed by the loop; nothing writes back into a loaded config
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -37,6 +38,26 @@ UNFINGERPRINTED = (
     "model.remat",
     "train.deterministic",
 )
+
+# Keys added after run folders were made, whose default is not what those runs did: a saved
+# config.json that lacks one of them ran with this value, not with today's default (resume,
+# analysis and the report read it so). model.pooling: before the key existed the heads read
+# BERT's pooler; its default is "auto" now.
+LEGACY_VALUES: dict[str, Any] = {"model.pooling": "pooler"}
+
+
+def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config (config.json's "config") with every ``LEGACY_VALUES`` key it lacks
+    filled in with the value such a run used. Returns a new dict."""
+    out = copy.deepcopy(saved)
+    for key, value in LEGACY_VALUES.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf not in node:
+            node[leaf] = value
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ctr_jax.config import with_legacy_values
 from ctr_jax.methods import METHODS
 from ctr_jax.metrics import RESULTS_FILE, read_results
 from ctr_jax.tracking import setup_logging
@@ -80,7 +81,7 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
 def _config_value(config_file: Path, key: str) -> object:
     """The value of dotted config key `key` (e.g. "train.lr") in a run's config.json."""
     try:
-        node = json.loads(config_file.read_text(encoding="utf-8"))["config"]
+        node = with_legacy_values(json.loads(config_file.read_text(encoding="utf-8"))["config"])
     except (OSError, ValueError, KeyError) as e:
         raise ReportError(f"{config_file}: no readable run config for --by ({e})") from e
     for part in key.split("."):

@@ -62,3 +62,37 @@ def test_bad_files(tmp_path):
     typo.write_text("name: x\nhat:\n  smax: 400\n")
     with pytest.raises(ConfigError, match=r"typo.yaml: .*hat\.smax"):
         load_config(typo)
+
+
+# ------------------------------------------------ run folders made before a key's default changed
+
+
+def test_legacy_values_fill_only_what_a_saved_config_lacks():
+    from ctr_jax.config import with_legacy_values
+
+    saved = ExperimentConfig().to_dict()
+    del saved["model"]["pooling"]  # a run made before model.pooling existed
+    filled = with_legacy_values(saved)
+    assert filled["model"]["pooling"] == "pooler"  # what such a run's heads read
+    assert "pooling" not in saved["model"]  # the input is not changed
+    explicit = ExperimentConfig().to_dict()
+    explicit["model"]["pooling"] = "mean"
+    assert with_legacy_values(explicit)["model"]["pooling"] == "mean"
+
+
+def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_path):
+    """Its heads read the pooler: resuming it with today's default (auto, the mean on the
+    default backbone) would switch what they read mid-run, so it is refused, naming the key;
+    with model.pooling=pooler it resumes."""
+    import json
+
+    from ctr_jax.training import loop
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old", "model.pooling=pooler"])
+    saved = cfg.to_dict()
+    del saved["model"]["pooling"]
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "0", "config": saved}))
+    loop._check_run_dir(cfg)  # the same config: resumes
+    with pytest.raises(ConfigError, match=r"model\.pooling"):
+        loop._check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))

@@ -114,3 +114,21 @@ def test_by_names_the_run_and_key_at_fault(runs, tmp_path):
     (runs / "mtl" / "config.json").unlink()
     with pytest.raises(report.ReportError, match=r"mtl/config.json: no readable run config"):
         report.write_report([runs], tmp_path / "out", by=["train.lr"])
+
+
+def test_by_pooling_reads_a_run_without_the_key_as_the_pooler(runs, tmp_path):
+    # ctr_o0 was made before model.pooling existed (its heads read the pooler), ctr_o1 with mean.
+    models = {"ctr_o0": {"tsm_width": 2000}, "ctr_o1": {"pooling": "mean"}}
+    for name in ("ctr_o0", "ctr_o1", "mtl", "ncl_half"):
+        model = models.get(name, {"pooling": "mean"})
+        (runs / name / "config.json").write_text(
+            json.dumps({"fingerprint": "x", "config": {"model": model}})
+        )
+    out = tmp_path / "out"
+    report.write_report([runs], out, by=["model.pooling"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("ctr", "model.pooling=mean"),
+        ("ctr", "model.pooling=pooler"),
+        ("mtl", "model.pooling=mean"),
+    ]

@@ -36,7 +36,13 @@ from flax import nnx
 
 from ctr_jax import metrics
 from ctr_jax.checkpoint import TaskCheckpointer
-from ctr_jax.config import UNFINGERPRINTED, ConfigError, ExperimentConfig, from_dict
+from ctr_jax.config import (
+    UNFINGERPRINTED,
+    ConfigError,
+    ExperimentConfig,
+    from_dict,
+    with_legacy_values,
+)
 from ctr_jax.data import batching
 from ctr_jax.data.benchmarks import load_benchmark
 from ctr_jax.data.custom import load_custom
@@ -116,14 +122,15 @@ def _check_run_dir(cfg: ExperimentConfig) -> None:
     """Writes config.json, or refuses a run folder made with a different config.
 
     Keys the saved config lacks (added by a later version of ctr-jax) count as equal when the new
-    value is their default, so a run started before such a key existed still resumes.
+    value is their default, so a run started before such a key existed still resumes; a key of
+    ``LEGACY_VALUES`` counts as the value such a run used instead (model.pooling: "pooler").
     """
     run_dir = cfg.run_dir
     path = run_dir / "config.json"
     if path.exists():
         saved = json.loads(path.read_text())
         if saved.get("fingerprint") != cfg.fingerprint():
-            old, new = saved.get("config", {}), cfg.results_dict()
+            old, new = with_legacy_values(saved.get("config", {})), cfg.results_dict()
             defaults = ExperimentConfig().results_dict()
             diff = sorted(_diff_keys(old, new, defaults))
             if diff:
@@ -342,7 +349,7 @@ def load_trained(run_dir: Path) -> TrainedRun:
         raise ConfigError(f"{config_file}: invalid JSON ({e})") from e
     if not isinstance(raw, dict) or "config" not in raw:
         raise ConfigError(f"{config_file}: no 'config' key (not a run folder's config.json)")
-    cfg = from_dict(ExperimentConfig, raw["config"])
+    cfg = from_dict(ExperimentConfig, with_legacy_values(raw["config"]))
     method = get_method(cfg.method)
     tasks = load_tasks(cfg)
     backbone = resolve_backbone(cfg.model.backbone)
