@@ -217,7 +217,8 @@ def main() -> None:
         nargs="+",
         default=["pooler"],
         choices=["pooler", "mean", "cls"],
-        help="model.pooling (default pooler, as the config)",
+        help="model.pooling (default pooler, as the tables before 2026-12-01; a run's "
+        "default, auto, reads the mean on the default backbone, at the same speed)",
     )
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
