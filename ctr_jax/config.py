@@ -147,6 +147,11 @@ class TrainConfig:
     warmup: float = 0.1  # fraction of a task's steps spent in linear warm-up
     weight_decay: float = 0.01  # decoupled (AdamW); never on biases and LayerNorms
     clip_norm: float = 1.0  # per-tensor gradient-norm clip (as BertAdam, spec §5.3.5)
+    # Keep the LayerNorms inside the transformer layers at their pretrained values (an ablation:
+    # the paper and the original train them, shared by every task and protected by no mask,
+    # spec §2, so they are the one place where a HAT-masked method's earlier tasks can still
+    # move; README "LayerNorms and HAT's drift").
+    freeze_layernorms: bool = False
     # Padded sequence lengths; every batch is padded to the smallest bucket that fits it.
     # Fine steps: ASC batches fill 76% of their padded tokens with these, 60% with (32, 64, 128),
     # for 1.35x faster CPU training; each length met compiles once (about 13 s each on CPU).

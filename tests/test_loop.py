@@ -2,6 +2,7 @@
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -163,3 +164,20 @@ def test_evaluation_in_small_batches_gives_the_same_matrices(world, full_run):
 def test_a_run_folder_with_another_config_is_refused(world, full_run):
     with pytest.raises(ConfigError, match="different config.*train.epochs"):
         loop.run(_cfg(world, "full", "train.epochs=3"))
+
+
+def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
+    """train.freeze_layernorms reaches the step: a finished HAT run's LayerNorms are the
+    backbone's, bit for bit, while its plugins learned (the rule itself: tests/test_step.py)."""
+    cfg = _cfg(world, "frozen_ln", "method=hat", "train.freeze_layernorms=true", "train.epochs=1")
+    loop.run(cfg)
+    run = loop.load_trained(cfg.run_dir)
+    backbone = loop.resolve_backbone(run.cfg.model.backbone)
+    _, fresh, _ = loop.build_model(run.cfg, run.method, run.tasks, backbone)
+
+    def same(part):
+        pairs = zip(jax.tree.leaves(run.trainable[part]), jax.tree.leaves(fresh[part]), strict=True)
+        return [np.array_equal(a, b) for a, b in pairs]
+
+    assert same("encoder") and all(same("encoder"))  # the layers' LayerNorms, untouched
+    assert not all(same("plugins"))

@@ -441,6 +441,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
             cfg.hat,
             use_hat=method.hat,
             all_heads=method.protocol == "joint",
+            freeze_layernorms=cfg.train.freeze_layernorms,
             max_tokens=cfg.train.max_batch_tokens,
         ),
         donate_argnums=(0, 1),

@@ -10,7 +10,8 @@ BertAdam does not guarantee (spec §10.8).
 ``update_scales`` builds the scale tree for task t from the Variable metadata only
 (``variables.py``): HAT leaves get HAT's masks (``hat.tsm_scales``), per-task leaves a row mask
 (capsules: rows k <= t; HAT embeddings and heads: row t only, so previous tasks' gates and heads
-are bit-for-bit frozen), everything else 1.
+are bit-for-bit frozen), the layers' LayerNorms 0 with ``train.freeze_layernorms``, everything
+else 1.
 """
 
 from __future__ import annotations
@@ -46,15 +47,23 @@ def _row_mask(v: nnx.Variable, task_id: jax.Array, upto: bool) -> jax.Array:
 
 
 def update_scales(
-    trainable: nnx.State, task_id: jax.Array, masks: hat.HatMasks, *, all_heads: bool = False
+    trainable: nnx.State,
+    task_id: jax.Array,
+    masks: hat.HatMasks,
+    *,
+    all_heads: bool = False,
+    freeze_layernorms: bool = False,
 ) -> nnx.State:
     """Per-element update scales for task `task_id`; same tree as `trainable`, leaves broadcast.
 
     all_heads: every head row gets scale 1 (joint training of all tasks, MTL).
+    freeze_layernorms: the layers' LayerNorms get scale 0 (never move; an ablation).
     """
     tsm = hat.tsm_scales(masks)
 
     def scale(v: nnx.Variable) -> nnx.Variable:
+        if isinstance(v, LayerNormParam) and freeze_layernorms:
+            return v.replace(jnp.zeros((), v[...].dtype))
         if (role := _meta(v, "hat")) is not None:
             return v.replace(tsm[role])
         if isinstance(v, CapsuleParam):

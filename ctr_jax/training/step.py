@@ -110,12 +110,14 @@ def make_train_step(
     *,
     use_hat: bool = True,
     all_heads: bool = False,
+    freeze_layernorms: bool = False,
     max_tokens: int | None = None,
 ) -> Callable:
     """Returns the un-jitted train step (jit it with donate_argnums=(0, 1)).
 
     use_hat: add the HAT mask regulariser to the loss (methods without HAT have no gates to
     regularise). all_heads: every task's head is trained (MTL), not only task_id's.
+    freeze_layernorms: the layers' LayerNorms keep their values (``optim.update_scales``).
     max_tokens: split a batch of more padded tokens (rows x length) into microbatches whose
     gradients are summed (``accumulate_grads``): the same update up to float summation order
     and dropout draws, with a fraction of the activation memory. None = never split.
@@ -167,7 +169,9 @@ def make_train_step(
             grads,
             trainable,
         )
-        scales = optim.update_scales(trainable, task_id, masks, all_heads=all_heads)
+        scales = optim.update_scales(
+            trainable, task_id, masks, all_heads=all_heads, freeze_layernorms=freeze_layernorms
+        )
         updates, opt_state = tx.update(grads, opt_state, trainable, scales=scales, lr=lr)
         trainable = optax.apply_updates(trainable, updates)
         trainable = _map_embeddings(
