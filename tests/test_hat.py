@@ -36,3 +36,10 @@ def test_gates_and_compensation():
     s, s_max = 10.0, 400.0
     want = s_max / s * (np.cosh(np.clip(s * x, -50, 50)) + 1) / (np.cosh(x) + 1)
     np.testing.assert_allclose(hat.compensation(x, s, s_max, 50.0), want, rtol=1e-5)
+
+
+def test_gate_summary_counts_closed_open_and_mid_gates():
+    m1 = jnp.array([[0.0, 0.005, 0.5, 0.999]])  # closed, closed, mid, open
+    m2 = jnp.array([[1.0, 0.02]])  # open, mid
+    got = hat.gate_summary(m1, m2)
+    np.testing.assert_allclose([got["closed"], got["open"], got["mid"]], [2 / 6, 2 / 6, 2 / 6])

@@ -105,6 +105,9 @@ def test_run_writes_the_results_contract(full_run):
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 100 for r in ends)  # jax alone is more
     assert ends[0]["peak_rss_mb"] <= ends[1]["peak_rss_mb"]  # a peak never falls
     assert all(r["device_peak_mb"] is None for r in ends)  # the CPU allocator reports none
+    gates = [r for r in records if r["kind"] == "gates"]  # CTR is HAT-gated: one per task
+    assert [r["task"] for r in gates] == [0, 1]
+    assert all(abs(r["open"] + r["closed"] + r["mid"] - 1.0) < 1e-6 for r in gates)
     assert read_results(res.run_dir)["tasks"] == res.tasks
     # Only trainable state is checkpointed: nothing the size of the frozen encoder's embeddings.
     names = [p.name for p in (res.checkpoint_dir).rglob("*")]

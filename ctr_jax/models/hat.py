@@ -56,6 +56,17 @@ def accumulate(prev: HatMasks, m1: jax.Array, m2: jax.Array) -> HatMasks:
     return HatMasks(m1=jnp.maximum(prev.m1, m1), m2=jnp.maximum(prev.m2, m2))
 
 
+def gate_summary(m1: jax.Array, m2: jax.Array, tol: float = 0.01) -> dict[str, float]:
+    """Fractions of a task's gates (m1 [P, A], m2 [P, D], at s_max) that are closed (<= tol),
+    open (>= 1 - tol) and in between. HAT protects a weight fully only where an earlier task's
+    gate is open, and passes an old task nothing only where its gate is closed, so "mid" is
+    the share of units where protection and isolation are partial."""
+    g = jnp.concatenate([m1.ravel(), m2.ravel()])
+    closed = float(jnp.mean(g <= tol))
+    open_ = float(jnp.mean(g >= 1.0 - tol))
+    return {"closed": closed, "open": open_, "mid": 1.0 - closed - open_}
+
+
 def tsm_scales(prev: HatMasks) -> dict[str, jax.Array]:
     """Per-element update scales of the TSM leaves (spec §5.3.2), broadcastable to them."""
     return {

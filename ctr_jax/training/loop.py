@@ -679,6 +679,13 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     if not method.hat:
         return best, masks
     g1, g2 = ctx.gates(best, ctx.frozen, tid)
+    # How binary the task's gates ended: a mid gate protects its weights and isolates earlier
+    # tasks only in part (README "LayerNorms and HAT's drift").
+    summary = hat.gate_summary(g1, g2)
+    log.info("task %d/%d %s: HAT gates at s_max: %.1f%% open, %.1f%% closed, %.1f%% in between",
+             t + 1, T, name, 100 * summary["open"], 100 * summary["closed"],
+             100 * summary["mid"])  # fmt: skip
+    ctx.writer.write("gates", task=t, **summary)
     return best, hat.accumulate(masks, g1, g2)
 
 
