@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctr_jax.config import with_legacy_values
+from ctr_jax.config import ExperimentConfig, with_legacy_values
 from ctr_jax.methods import METHODS
 from ctr_jax.metrics import RESULTS_FILE, read_results
 from ctr_jax.tracking import setup_logging
@@ -78,17 +78,31 @@ def find_results(paths: Iterable[Path]) -> list[Path]:
     return sorted(set(found))
 
 
+def _lookup(node: object, key: str) -> object:
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(key)
+        node = node[part]
+    return node
+
+
 def _config_value(config_file: Path, key: str) -> object:
-    """The value of dotted config key `key` (e.g. "train.lr") in a run's config.json."""
+    """The value of dotted config key `key` (e.g. "train.lr") in a run's config.json.
+
+    A key the saved config lacks but ctr-jax knows was added after the run was made: the run
+    used its default (or its ``LEGACY_VALUES`` value), as a resume reads it."""
     try:
         node = with_legacy_values(json.loads(config_file.read_text(encoding="utf-8"))["config"])
     except (OSError, ValueError, KeyError) as e:
         raise ReportError(f"{config_file}: no readable run config for --by ({e})") from e
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise ReportError(f"{config_file}: no config key {key!r} (--by)")
-        node = node[part]
-    return node
+    try:
+        return _lookup(node, key)
+    except KeyError:
+        pass
+    try:
+        return _lookup(ExperimentConfig().to_dict(), key)
+    except KeyError:
+        raise ReportError(f"{config_file}: no config key {key!r} (--by)") from None
 
 
 def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:

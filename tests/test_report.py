@@ -116,6 +116,23 @@ def test_by_names_the_run_and_key_at_fault(runs, tmp_path):
         report.write_report([runs], tmp_path / "out", by=["train.lr"])
 
 
+def test_by_reads_a_key_added_after_the_run_as_its_default(runs, tmp_path):
+    # ctr_o0 was made before train.freeze_layernorms existed: it trained them (the default).
+    for name in ("ctr_o0", "ctr_o1", "mtl", "ncl_half"):
+        train = {} if name == "ctr_o0" else {"freeze_layernorms": True}
+        (runs / name / "config.json").write_text(
+            json.dumps({"fingerprint": "x", "config": {"train": train}})
+        )
+    out = tmp_path / "out"
+    report.write_report([runs], out, by=["train.freeze_layernorms"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("ctr", "train.freeze_layernorms=False"),
+        ("ctr", "train.freeze_layernorms=True"),
+        ("mtl", "train.freeze_layernorms=True"),
+    ]
+
+
 def test_by_pooling_reads_a_run_without_the_key_as_the_pooler(runs, tmp_path):
     # ctr_o0 was made before model.pooling existed (its heads read the pooler), ctr_o1 with mean.
     models = {"ctr_o0": {"tsm_width": 2000}, "ctr_o1": {"pooling": "mean"}}
