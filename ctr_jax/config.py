@@ -112,6 +112,11 @@ class ModelConfig:
     eval_router_noise: bool = False
     # Gumbel-softmax temperature of the task router.
     router_tau: float = 1.0
+    # Std of the normal init of the HAT gate embeddings e (TSM masks of CTR, B-CL and HAT).
+    # 0.02: the original code (HF re-initialises them, spec §4, §13.11); 1.0: the HAT paper.
+    # With 0.02, s_max * e starts within a few units of 0, and 3-epoch ASC runs end with about
+    # 40% of the gates between 0.01 and 0.99 (README "How binary HAT's gates end").
+    hat_embedding_std: float = 0.02
     # B-CL only: iterations of its dynamic routing (spec §9.3).
     routing_iters: int = 3
     # Matmul dtype of the frozen encoder's dense layers ("bfloat16" on GPU/TPU: about 2x faster
@@ -132,6 +137,10 @@ class HatConfig:
     reg_weight: float = 0.75  # lambda of the mask regulariser (spec §5.1)
     clamp: float = 6.0  # |e| bound re-applied after every update (spec §5.3.6)
     cosh_clip: float = 50.0  # clip of s*e inside cosh in the gradient compensation
+    # Learning-rate factor of the gate embeddings (1 = the shared lr, as the paper and the
+    # original). Adam moves an element at most about lr per step, so at lr 1e-3 a few dozen
+    # steps leave N(0, 0.02) embeddings near their start (README "How binary HAT's gates end").
+    embedding_lr_scale: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -136,6 +136,13 @@ def _method_key(method: str) -> tuple[int, str]:
     return order.get(method, len(order)), method
 
 
+def _variant_key(variant: str) -> tuple:
+    """Sort key of a --by variant ("k=3.0, j=0.02") that orders numbers by value, not as text
+    (3.0 before 10.0)."""
+    parts = re.split(r"(-?\d+(?:\.\d+)?(?:e-?\d+)?)", variant)
+    return tuple((0, float(p), "") if i % 2 else (1, 0.0, p) for i, p in enumerate(parts))
+
+
 def aggregate(runs: Sequence[dict]) -> list[dict]:
     """One row per (benchmark, method, variant) of complete runs: means and stds in %, paper
     figures."""
@@ -145,7 +152,8 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
             groups.setdefault((r["benchmark"], r["method"], r.get("variant", "")), []).append(r)
     rows = []
     for (bench, method, variant), rs in sorted(
-        groups.items(), key=lambda kv: (_bench_key(kv[0][0]), _method_key(kv[0][1]), kv[0][2])
+        groups.items(),
+        key=lambda kv: (_bench_key(kv[0][0]), _method_key(kv[0][1]), _variant_key(kv[0][2])),
     ):
         joint = all(r.get("protocol") == "joint" or r["method"] == "mtl" for r in rs)
         row = {"benchmark": bench, "method": method, "variant": variant, "runs": len(rs)}
@@ -270,7 +278,7 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
             by_group.setdefault(key, []).append(seen_task_curve(r["acc"]))
     # One colour per method; a method's variants (--by) share it and differ in line style, so
     # an ablation reads as families of curves. MTL, the reference, starts from dashed.
-    keys = sorted(by_group, key=lambda k: (_method_key(k[0]), k[1]))
+    keys = sorted(by_group, key=lambda k: (_method_key(k[0]), _variant_key(k[1])))
     methods = sorted({m for m, _ in keys}, key=_method_key)
     styles = ["-", "--", ":", "-."]
     seen: dict[str, int] = {}

@@ -108,6 +108,10 @@ def test_run_writes_the_results_contract(full_run):
     gates = [r for r in records if r["kind"] == "gates"]  # CTR is HAT-gated: one per task
     assert [r["task"] for r in gates] == [0, 1]
     assert all(abs(r["open"] + r["closed"] + r["mid"] - 1.0) < 1e-6 for r in gates)
+    # The masks accumulate by max: what the tasks hold only grows, and covers each task's own.
+    assert gates[1]["held"] >= gates[0]["held"] >= gates[0]["open"]
+    assert gates[1]["free"] <= gates[0]["free"] <= gates[0]["closed"]
+    assert all(abs(r["held"] + r["held_in_part"] + r["free"] - 1.0) < 1e-6 for r in gates)
     assert read_results(res.run_dir)["tasks"] == res.tasks
     # Only trainable state is checkpointed: nothing the size of the frozen encoder's embeddings.
     names = [p.name for p in (res.checkpoint_dir).rglob("*")]

@@ -264,3 +264,19 @@ def test_conv_relu_maxpool_matches_autodiff():
     assert np.all(np.asarray(g_ours[0])[2, :, 1:] == 0.0)  # masked positions get no gradient
     assert np.all(np.asarray(ours)[3] == 0.0) and np.all(np.asarray(g_ours[0])[3] == 0.0)
     assert np.all(np.isfinite(np.asarray(g_ours[1])))
+
+
+@pytest.mark.parametrize("std", [0.02, 1.0])
+def test_hat_embedding_std_sets_only_the_gate_embeddings(std):
+    model = tiny_model(cfg=dataclasses.replace(TINY_MODEL, hat_embedding_std=std))
+    p = model.plugins
+    for e in (p.e1[...], p.e2[...]):
+        assert abs(float(jnp.std(e)) / std - 1.0) < 0.15
+    # The TSM weights keep BERT's 0.02 whatever the gates' init.
+    assert abs(float(jnp.std(p.w1[...])) / 0.02 - 1.0) < 0.15
+    # At s_max, N(0, 1) embeddings start with almost every gate binary; N(0, 0.02) with most
+    # gates in between (|400 e| < 4.6 for |e| < 0.0115, i.e. 44% of N(0, 0.02) draws).
+    g1, g2 = p.gates(jnp.int32(0), jnp.float32(400.0))
+    g = jnp.concatenate([g1.ravel(), g2.ravel()])
+    mid = float(jnp.mean((g > 0.01) & (g < 0.99)))
+    assert (mid < 0.05) if std == 1.0 else (mid > 0.3)

@@ -149,3 +149,13 @@ def test_by_pooling_reads_a_run_without_the_key_as_the_pooler(runs, tmp_path):
         ("ctr", "model.pooling=pooler"),
         ("mtl", "model.pooling=mean"),
     ]
+
+
+def test_variants_sort_by_number_not_text():
+    variants = ["s=10.0, d=0.02", "s=3.0, d=0.02", "s=1.0, d=1.0", "s=1.0, d=0.02", "s=1e-05"]
+    assert sorted(variants, key=report._variant_key) == [
+        "s=1e-05", "s=1.0, d=0.02", "s=1.0, d=1.0", "s=3.0, d=0.02", "s=10.0, d=0.02",
+    ]  # fmt: skip
+    assert sorted(["pooling=pooler", "pooling=mean"], key=report._variant_key) == [
+        "pooling=mean", "pooling=pooler",
+    ]  # fmt: skip

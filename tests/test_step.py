@@ -201,6 +201,36 @@ def test_update_scales_shapes():
         np.broadcast_shapes(g.shape, sc.shape)  # raises if not broadcastable
 
 
+def test_embedding_lr_scale_multiplies_only_the_current_gate_rows():
+    """hat.embedding_lr_scale: the task's gate-embedding rows move k times as far (the same
+    Adam step, weight decay included); every other leaf moves exactly as with k = 1, and the
+    other tasks' rows not at all."""
+    model = tiny_model()
+    _, trainable, _ = step.split_model(model)
+    masks = hat.HatMasks.zeros(4, TINY_MODEL.tsm_width, 32)
+    scales = optim.update_scales(trainable, jnp.int32(1), masks)
+    keys = iter(jax.random.split(jax.random.key(0), 1000))
+    grads = jax.tree.map(lambda v: jax.random.normal(next(keys), v.shape), trainable)
+    assert optim.lr_scales(trainable, 1.0) is None  # the default chain has no extra stage
+
+    def update(factors):
+        tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable), factors)
+        u, _ = tx.update(grads, tx.init(trainable), trainable, scales=scales, lr=TRAIN.lr)
+        return _leaves(u)
+
+    base, scaled = update(None), update(optim.lr_scales(trainable, 25.0))
+    embeddings = {"plugins.e1.value", "plugins.e2.value"}
+    assert embeddings <= set(base)
+    for k in base:
+        if k in embeddings:
+            np.testing.assert_allclose(scaled[k], 25.0 * base[k], rtol=1e-6)
+            others = np.delete(base[k], 1, axis=1)  # task axis 1: rows of tasks 0 and 2
+            assert np.all(others == 0) and np.all(np.delete(scaled[k], 1, axis=1) == 0)
+            assert np.abs(base[k][:, 1]).min() > 0
+        else:
+            np.testing.assert_array_equal(scaled[k], base[k])
+
+
 @pytest.mark.parametrize("layers", [1, 2])
 def test_trainable_paths_are_pinned(layers):
     cfg = dataclasses.replace(TINY_MODEL, capsule_layers=layers)

@@ -231,8 +231,9 @@ class CLPlugins(nnx.Module):
         self.w2 = PluginParam(_normal(rngs, (P, A, D)), **tag("w2"))
         self.b2 = PluginParam(jnp.zeros((P, D)), decay=False, **tag("b2"))
         if use_hat:
-            self.e1 = TaskEmbedding(_normal(rngs, (P, T, A)), task_axis=1)
-            self.e2 = TaskEmbedding(_normal(rngs, (P, T, D)), task_axis=1)
+            std = cfg.hat_embedding_std
+            self.e1 = TaskEmbedding(_normal(rngs, (P, T, A), std), task_axis=1)
+            self.e2 = TaskEmbedding(_normal(rngs, (P, T, D), std), task_axis=1)
 
     def _init_capsules(self, P: int, D: int, T: int, N: int, C: int, rngs: nnx.Rngs) -> None:
         """TK-Layer (per-task capsule networks [P, T, ...], task axis 1) and W_route."""

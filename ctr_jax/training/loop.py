@@ -433,7 +433,8 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     # ONE restarts every task from this state (a copy: the train step donates its input).
     initial = jax.tree.map(jnp.copy, trainable) if method.protocol == "independent" else None
 
-    tx = optim.make_optimizer(cfg.train, optim.decay_mask(trainable))
+    factors = optim.lr_scales(trainable, cfg.hat.embedding_lr_scale)
+    tx = optim.make_optimizer(cfg.train, optim.decay_mask(trainable), factors)
     train_step = jax.jit(
         step.make_train_step(
             graphdef,
@@ -682,11 +683,18 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     # How binary the task's gates ended: a mid gate protects its weights and isolates earlier
     # tasks only in part (README "LayerNorms and HAT's drift").
     summary = hat.gate_summary(g1, g2)
-    log.info("task %d/%d %s: HAT gates at s_max: %.1f%% open, %.1f%% closed, %.1f%% in between",
+    masks = hat.accumulate(masks, g1, g2)
+    # What the tasks so far hold of the TSM: a unit held (>= 0.99) by an earlier task is frozen
+    # for every later one, so "free" is what the next task can still train fully.
+    held = hat.gate_summary(masks.m1, masks.m2)
+    log.info("task %d/%d %s: HAT gates at s_max: %.1f%% open, %.1f%% closed, %.1f%% in between; "
+             "tasks so far hold %.1f%% of the units, %.1f%% in part, %.1f%% free",
              t + 1, T, name, 100 * summary["open"], 100 * summary["closed"],
-             100 * summary["mid"])  # fmt: skip
-    ctx.writer.write("gates", task=t, **summary)
-    return best, hat.accumulate(masks, g1, g2)
+             100 * summary["mid"], 100 * held["open"], 100 * held["mid"],
+             100 * held["closed"])  # fmt: skip
+    ctx.writer.write("gates", task=t, **summary, held=held["open"], held_in_part=held["mid"],
+                     free=held["closed"])  # fmt: skip
+    return best, masks
 
 
 def _dev_scores(ctx: _TaskContext, trainable, encoded, phase) -> tuple[float, float]:

@@ -86,6 +86,32 @@ def decay_mask(trainable: nnx.State) -> nnx.State:
     return jax.tree.map(mask, trainable, is_leaf=_is_var)
 
 
+def lr_scales(trainable: nnx.State, hat_embedding: float) -> nnx.State | None:
+    """Static per-leaf learning-rate factors: `hat_embedding` on the HAT gate embeddings, 1
+    elsewhere; None when every factor is 1 (the optimizer then has no extra stage)."""
+    if hat_embedding == 1.0:
+        return None
+
+    def factor(v: nnx.Variable) -> nnx.Variable:
+        return v.replace(hat_embedding if isinstance(v, TaskEmbedding) else 1.0)
+
+    return jax.tree.map(factor, trainable, is_leaf=_is_var)
+
+
+def scale_leaves(factors: nnx.State) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by its static factor (a float per leaf of `factors`)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def protect() -> optax.GradientTransformationExtraArgs:
     """Multiplies updates elementwise by the `scales` extra argument (a tree like the params)."""
 
@@ -154,16 +180,22 @@ def scale_by_lr() -> optax.GradientTransformationExtraArgs:
 ADAM_EPS = 1e-6
 
 
-def make_optimizer(cfg: TrainConfig, decay: nnx.State) -> optax.GradientTransformationExtraArgs:
+def make_optimizer(
+    cfg: TrainConfig, decay: nnx.State, factors: nnx.State | None = None
+) -> optax.GradientTransformationExtraArgs:
     """Protected AdamW. Call `update(grads, state, params, scales=..., lr=...)`.
 
+    factors: per-leaf learning-rate factors (``lr_scales``), applied to the update after the
+    learning rate and before the final protection, so a protected element stays put.
     Build the state fresh for every task with `init`: the moments restart at each task.
     """
-    return optax.chain(
+    stages = [
         protect(),
         clip_per_tensor(cfg.clip_norm),
         optax.scale_by_adam(b1=0.9, b2=0.999, eps=ADAM_EPS),
         optax.add_decayed_weights(cfg.weight_decay, mask=decay),
         scale_by_lr(),
-        protect(),
-    )
+    ]
+    if factors is not None:
+        stages.append(scale_leaves(factors))
+    return optax.chain(*stages, protect())
