@@ -288,7 +288,7 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
         i = seen[method] = seen.get(method, -1) + 1
         style = styles[(i + (method == "mtl")) % len(styles)]
         n = len(curves)
-        ax.plot(x, curves.mean(0), style, marker="os^D"[i % 4], ms=3,
+        ax.plot(x, curves.mean(0), style, marker="os^Dv<>p"[i % 8], ms=3,
                 color=f"C{methods.index(method) % 10}",
                 label=f"{_label(method, variant)}: {n} run{'s' if n > 1 else ''}")  # fmt: skip
     from matplotlib.ticker import MaxNLocator
@@ -298,9 +298,15 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     ax.set_ylabel("mean test accuracy over seen tasks (%)")
     ax.set_title(f"{BENCH_LABEL.get(bench, bench)}: accuracy over the tasks seen so far")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    labels = ax.get_legend_handles_labels()[1]
+    if len(labels) > 4 or max(map(len, labels), default=0) > 50:
+        # Many or long entries (an ablation's --by variants) would cover the curves: put the
+        # legend under the axes; bbox_inches="tight" grows the figure to hold it.
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
