@@ -2,7 +2,7 @@
 # Runs several methods on ASC (order 0, the paper's epochs) at once on one GPU of the device
 # tool, and tars their run folders (no checkpoints) and logs into $OUT/runs.tgz.
 #
-# How it was used (2026-11-30, H200; README "ASC with the paper's epochs, on an H200"):
+# How it was used (2026-11-30, H200; docs/FINDINGS.md, "ASC at the paper's epochs on a GPU"):
 #   The default backbone's model.safetensors (91 MB) is over the tool's 64 MiB carry limit, so
 #   it travels in two halves (split -b 46000000 -> part_aa, part_ab) in two calls made back to
 #   back (the machine stays warm 30 s between calls):
