@@ -105,9 +105,24 @@ def _config_value(config_file: Path, key: str) -> object:
         raise ReportError(f"{config_file}: no config key {key!r} (--by)") from None
 
 
+# Config keys whose value "auto" the run resolves and records in results.json under this field:
+# --by shows what the run did ("model.pooling=mean"), so an "auto" run and one that asked for
+# that value explicitly share a row, as they share the computation.
+RESOLVED_IN_RESULTS: dict[str, str] = {"model.pooling": "pooling"}
+
+
+def _variant_value(run: dict, config_file: Path, key: str) -> object:
+    value = _config_value(config_file, key)
+    field = RESOLVED_IN_RESULTS.get(key)
+    if value == "auto" and field is not None and run.get(field) is not None:
+        return run[field]
+    return value
+
+
 def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:
     """read_results of each file plus "path", "name", "complete" (every task learned) and
-    "variant": "key=value" of each --by key, comma-joined ("" without --by)."""
+    "variant": "key=value" of each --by key, comma-joined ("" without --by); a key in
+    RESOLVED_IN_RESULTS set to "auto" shows the value the run resolved it to."""
     runs = []
     for f in files:
         try:
@@ -121,7 +136,7 @@ def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:
         r["name"] = r.get("name") or f.parent.name
         r["complete"] = r["summary"].get("tasks_learned") == len(r["tasks"])
         cfg_file = f.parent / "config.json"
-        r["variant"] = ", ".join(f"{k}={_config_value(cfg_file, k)}" for k in by)
+        r["variant"] = ", ".join(f"{k}={_variant_value(r, cfg_file, k)}" for k in by)
         runs.append(r)
     return runs
 

@@ -151,6 +151,34 @@ def test_by_pooling_reads_a_run_without_the_key_as_the_pooler(runs, tmp_path):
     ]
 
 
+def test_by_pooling_shows_what_auto_resolved_to(runs, tmp_path):
+    # Runs asking for "auto" record what it resolved to in results.json ("pooling"): --by shows
+    # that value, so an auto run that read the mean shares a row with an explicit-mean run. An
+    # auto run whose results lack the field (an older run) keeps its config value.
+    models = {"ctr_o0": "auto", "ctr_o1": "mean", "mtl": "auto", "ncl_half": "auto"}
+    resolved = {"ctr_o0": "mean", "mtl": None, "ncl_half": "cls"}
+    for name, pooling in models.items():
+        (runs / name / "config.json").write_text(
+            json.dumps({"fingerprint": "x", "config": {"model": {"pooling": pooling}}})
+        )
+        f = runs / name / "results.json"
+        r = json.loads(f.read_text())
+        if resolved.get(name):
+            r["pooling"] = resolved[name]
+        f.write_text(json.dumps(r))
+    loaded = {
+        r["name"]: r["variant"]
+        for r in report.load_runs(report.find_results([runs]), ["model.pooling"])
+    }
+    assert loaded == {
+        "ctr_o0": "model.pooling=mean", "ctr_o1": "model.pooling=mean",
+        "mtl": "model.pooling=auto", "ncl_half": "model.pooling=cls",
+    }  # fmt: skip
+    rows = report.aggregate(report.load_runs(report.find_results([runs]), ["model.pooling"]))
+    ctr = [r for r in rows if r["method"] == "ctr"]
+    assert len(ctr) == 1 and ctr[0]["runs"] == 2
+
+
 def test_variants_sort_by_number_not_text():
     variants = ["s=10.0, d=0.02", "s=3.0, d=0.02", "s=1.0, d=1.0", "s=1.0, d=0.02", "s=1e-05"]
     assert sorted(variants, key=report._variant_key) == [
