@@ -115,7 +115,7 @@ def _without_ksm(trainable: nnx.State) -> nnx.State:
 def _probe_split(run: TrainedRun, step, trainable, enc: Encoded, task_id: int) -> dict:
     """Probe records of every real example of one split: name -> [P, N, ...], and preds [N]."""
     cfg = run.cfg
-    # The evaluation keys of loop._Evaluator: the same router noise, so the same predictions.
+    # The evaluation keys of loop.Evaluator: the same router noise, so the same predictions.
     eval_key = jax.random.fold_in(jax.random.key(cfg.seed), 2)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in (*_RECORDS, "preds")}
     order = []

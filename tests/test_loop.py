@@ -11,6 +11,7 @@ from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
 from ctr_jax.training import loop
 from tests.helpers import count_compiles
+from tests.test_drift import check_drift
 from tests.test_transfer import check_report
 
 pytestmark = pytest.mark.entry
@@ -120,6 +121,10 @@ def test_run_writes_the_results_contract(full_run):
 
 def test_transfer_report_of_the_run(full_run, tmp_path):
     check_report(full_run.run_dir, tmp_path)  # tests/test_transfer.py
+
+
+def test_drift_report_of_the_run(full_run, tmp_path):
+    check_drift(full_run.run_dir, tmp_path)  # tests/test_drift.py
 
 
 def test_resume_after_interruption_gives_identical_matrices(world, full_run, monkeypatch):

@@ -224,7 +224,7 @@ def _saveable(trainable, masks: hat.HatMasks, acc, mf1, root_key) -> dict:
     }
 
 
-class _Evaluator:
+class Evaluator:
     """Evaluation over a split: predictions, accuracy, macro-F1 and mean CE."""
 
     def __init__(self, eval_step, frozen, cfg: ExperimentConfig, key: jax.Array, dp: DataParallel):
@@ -248,6 +248,7 @@ class _Evaluator:
             preds[idx] = np.asarray(out["preds"])[: len(idx)]
             ce_sum += float(out["ce_sum"])
         return {
+            "preds": preds,  # [N] in the split's order
             "acc": metrics.accuracy(enc.labels, preds),
             "mf1": metrics.macro_f1(enc.labels, preds),
             "ce": ce_sum / max(1, len(enc)),
@@ -319,7 +320,7 @@ def build_model(
 
 @dataclasses.dataclass
 class TrainedRun:
-    """A run folder's newest checkpoint, rebuilt for analysis (``load_trained``)."""
+    """A run folder's model at one task checkpoint, rebuilt for analysis (``load_trained``)."""
 
     cfg: ExperimentConfig
     method: Method
@@ -331,13 +332,15 @@ class TrainedRun:
     masks: hat.HatMasks
     acc: np.ndarray  # [T, T] as in results.json, NaN where not evaluated
     mf1: np.ndarray
-    last_task: int  # index of the newest finished task (phase)
+    last_task: int  # index of the task (phase) after which the state was saved
 
 
-def load_trained(run_dir: Path) -> TrainedRun:
-    """Rebuilds a run folder's model from its config.json and newest task checkpoint.
+def load_trained(run_dir: Path, task: int | None = None) -> TrainedRun:
+    """Rebuilds a run folder's model from its config.json and the checkpoint after task `task`
+    (0-based; None = the newest).
 
-    Raises ConfigError naming the folder if it has no config.json or no finished task.
+    Raises ConfigError naming the folder if it has no config.json or no finished task, or if
+    the run keeps no checkpoint after `task` (it names those it keeps).
     """
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
@@ -357,20 +360,44 @@ def load_trained(run_dir: Path) -> TrainedRun:
     encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
     graphdef, trainable, frozen = build_model(cfg, method, tasks, backbone)
     P, D = trainable["plugins"]["w2"][...].shape[0], trainable["plugins"]["w2"][...].shape[2]
-    masks = hat.HatMasks.zeros(P, cfg.model.tsm_width, D)
     T = len(tasks)
-    acc = mf1 = np.full((T, T), np.nan)
-    with TaskCheckpointer(run_dir / "checkpoints") as ckpt:
-        last = ckpt.latest_task()
-        if last is None:
-            raise ConfigError(f"{run_dir / 'checkpoints'}: no finished task to analyse")
-        like = _saveable(trainable, masks, acc, mf1, jax.random.key(cfg.seed))
-        state, _ = ckpt.restore(last, like)
-    return TrainedRun(
-        cfg, method, tasks, encoded, graphdef, _unflat(trainable, state["trainable"]), frozen,
-        hat.HatMasks(m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])),
-        np.array(state["acc"]), np.array(state["mf1"]), last,
+    empty = np.full((T, T), np.nan)
+    run = TrainedRun(
+        cfg, method, tasks, encoded, graphdef, trainable, frozen,
+        hat.HatMasks.zeros(P, cfg.model.tsm_width, D), empty, empty, -1,
     )  # fmt: skip
+    return restore_task(run, run_dir, task)
+
+
+def restore_task(run: TrainedRun, run_dir: Path, task: int | None = None) -> TrainedRun:
+    """`run` with its state (trainable, masks, matrices) read from the checkpoint of `run_dir`
+    after task `task` (None = the newest): another task's state of the same rebuilt model.
+
+    Raises ConfigError as ``load_trained``.
+    """
+    checkpoints = Path(run_dir) / "checkpoints"
+    with TaskCheckpointer(checkpoints) as ckpt:
+        kept = ckpt.all_tasks()
+        if not kept:
+            raise ConfigError(f"{checkpoints}: no finished task to analyse")
+        last = kept[-1] if task is None else task
+        if last not in kept:
+            raise ConfigError(
+                f"{checkpoints}: no checkpoint after task {task} (0-based); the run keeps "
+                f"those after tasks {kept}"
+            )
+        like = _saveable(run.trainable, run.masks, run.acc, run.mf1, jax.random.key(run.cfg.seed))
+        state, _ = ckpt.restore(last, like)
+    return dataclasses.replace(
+        run,
+        trainable=_unflat(run.trainable, state["trainable"]),
+        masks=hat.HatMasks(
+            m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])
+        ),
+        acc=np.array(state["acc"]),
+        mf1=np.array(state["mf1"]),
+        last_task=last,
+    )
 
 
 def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) -> RunResult:
@@ -454,7 +481,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     gates = jax.jit(lambda tr, fr, t: step.task_masks(tr, graphdef, fr, t, cfg.hat.s_max))
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
-    evaluate = _Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
+    evaluate = Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
     ctx = _TaskContext(
         cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names
     )
@@ -591,7 +618,7 @@ class _TaskContext:
     tx: object
     train_step: object
     gates: object
-    evaluate: _Evaluator
+    evaluate: Evaluator
     train_key: jax.Array
     writer: MetricWriter | NullWriter
     dp: DataParallel
