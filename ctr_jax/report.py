@@ -278,7 +278,8 @@ def plot_heatmap(run: dict, path: Path) -> None:
     )
     fig.colorbar(im, ax=ax, label="test accuracy (%)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    # "tight": a long run name makes the title wider than a small matrix's figure.
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -316,8 +317,9 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     labels = ax.get_legend_handles_labels()[1]
     if len(labels) > 4 or max(map(len, labels), default=0) > 50:
         # Many or long entries (an ablation's --by variants) would cover the curves: put the
-        # legend under the axes; bbox_inches="tight" grows the figure to hold it.
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2))
+        # legend right of the axes (under them it ran over the x label once it had 10 rows);
+        # bbox_inches="tight" grows the figure to hold it.
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     else:
         ax.legend(fontsize=8)
     fig.tight_layout()
