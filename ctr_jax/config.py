@@ -37,6 +37,7 @@ UNFINGERPRINTED = (
     "model.scan_unroll",
     "model.remat",
     "train.deterministic",
+    "train.keep_checkpoints",
 )
 
 # Keys added after run folders were made, whose default is not what those runs did: a saved
@@ -161,6 +162,10 @@ class TrainConfig:
     # spec §2, so they are the one place where a HAT-masked method's earlier tasks can still
     # move; README "LayerNorms and HAT's drift").
     freeze_layernorms: bool = False
+    # Task checkpoints kept in the run folder: the newest N (null = all). A resume needs only
+    # the newest; ``ctr_jax.drift`` compares any two kept ones, so keep all to trace what
+    # moved an earlier task at every step (each is the trainable state: a few MB here).
+    keep_checkpoints: int | None = 2
     # Padded sequence lengths; every batch is padded to the smallest bucket that fits it.
     # Fine steps: ASC batches fill 76% of their padded tokens with these, 60% with (32, 64, 128),
     # for 1.35x faster CPU training; each length met compiles once (about 13 s each on CPU).

@@ -10,9 +10,10 @@ a knowledge-sharing module's shared weights (routers, similarity CNNs, routing m
 output projection) and earlier tasks' capsules. Forgetting and backward transfer are the two
 signs of the same movement; this tool says which group carried it.
 
-It loads the run's checkpoints after tasks K < L (0-based; by default the two newest, the two a
-run keeps) and evaluates every task u <= K in evaluation mode (s = s_max, the run's evaluation
-keys) with the state at L, and with each parameter group in turn:
+It loads the run's checkpoints after tasks K < L (0-based; by default the two newest; a run
+keeps two unless ``train.keep_checkpoints`` says more) and evaluates every task u <= K in
+evaluation mode (s = s_max, the run's evaluation keys) with the state at L, and with each
+parameter group in turn:
 
 - ``revert``: put back to its value at K, the rest at L: what the group's change did, given
   the others' (all groups reverted = the state at K);
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         metavar="K",
-        help="earlier checkpoint (0-based task; default: second newest kept)",
+        help="earlier checkpoint (0-based task; default: the second newest kept)",
     )
     parser.add_argument("--to", dest="to_task", type=int, default=None, metavar="L",
                         help="later checkpoint (default: the newest)")  # fmt: skip
@@ -238,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             if not earlier:
                 raise ConfigError(
                     f"{checkpoints}: no two task checkpoints to compare "
-                    f"(kept: {kept}); a run keeps the two newest, so it needs 2 tasks learned"
+                    f"(kept: {kept}); it needs 2 tasks learned, and train.keep_checkpoints >= 2"
                 )
             from_task = earlier[-1]
         after = load_trained(args.run_dir, to_task)

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from ctr_jax.checkpoint import TaskCheckpointer
 from ctr_jax.config import ConfigError, load_config
 from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
@@ -181,8 +182,13 @@ def test_a_run_folder_with_another_config_is_refused(world, full_run):
 def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
     """train.freeze_layernorms reaches the step: a finished HAT run's LayerNorms are the
     backbone's, bit for bit, while its plugins learned (the rule itself: tests/test_step.py)."""
-    cfg = _cfg(world, "frozen_ln", "method=hat", "train.freeze_layernorms=true", "train.epochs=1")
+    cfg = _cfg(
+        world, "frozen_ln", "method=hat", "train.freeze_layernorms=true", "train.epochs=1",
+        "train.keep_checkpoints=1",
+    )  # fmt: skip
     loop.run(cfg)
+    with TaskCheckpointer(cfg.run_dir / "checkpoints") as ckpt:
+        assert ckpt.all_tasks() == [1]  # train.keep_checkpoints=1: the newest only
     run = loop.load_trained(cfg.run_dir)
     backbone = loop.resolve_backbone(run.cfg.model.backbone)
     _, fresh, _ = loop.build_model(run.cfg, run.method, run.tasks, backbone)
@@ -193,3 +199,9 @@ def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
 
     assert same("encoder") and all(same("encoder"))  # the layers' LayerNorms, untouched
     assert not all(same("plugins"))
+
+
+@pytest.mark.parametrize("bad", ["0", "-1"])
+def test_keep_checkpoints_below_one_is_refused_by_name(world, bad):
+    with pytest.raises(ConfigError, match="train.keep_checkpoints"):
+        loop.run(_cfg(world, f"keep{bad}", f"train.keep_checkpoints={bad}"))

@@ -416,6 +416,9 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
 
 
 def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
+    keep = cfg.train.keep_checkpoints
+    if keep is not None and (isinstance(keep, bool) or keep < 1):  # before the folder is made
+        raise ConfigError(f"train.keep_checkpoints must be >= 1 or null (all), got {keep!r}")
     if primary:
         _check_run_dir(cfg)
     if cfg.train.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get(
@@ -426,6 +429,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
             "run.py sets it; a program of your own must set it before JAX starts"
         )
     method = get_method(cfg.method)
+    keep = cfg.train.keep_checkpoints
     run_dir = cfg.run_dir
     own_writer = writer is None
     if writer is None:
@@ -486,7 +490,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
         cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names
     )
 
-    ckpt = TaskCheckpointer(run_dir / "checkpoints")
+    ckpt = TaskCheckpointer(run_dir / "checkpoints", keep=keep)
     start = 0
     resumed = ckpt.latest_task()
     if resumed is not None:
