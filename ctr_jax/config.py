@@ -164,7 +164,8 @@ class TrainConfig:
     freeze_layernorms: bool = False
     # Task checkpoints kept in the run folder: the newest N (null = all). A resume needs only
     # the newest; ``ctr_jax.drift`` compares any two kept ones, so keep all to trace what
-    # moved an earlier task at every step (each is the trainable state: a few MB here).
+    # moved an earlier task at every step (each is the trainable state: 67 MB for B-CL on
+    # the default backbone with 4 tasks, growing with the task count).
     keep_checkpoints: int | None = 2
     # Padded sequence lengths; every batch is padded to the smallest bucket that fits it.
     # Fine steps: ASC batches fill 76% of their padded tokens with these, 60% with (32, 64, 128),

@@ -15,7 +15,8 @@
 # At DEADLINE seconds the sweep gets SIGINT: every run keeps its finished tasks (results.json
 # and the matrices are written after each task) and a later sweep resumes them.
 # After the sweep, `python -m ctr_jax.transfer` analyses every CTR / B-CL run with a checkpoint
-# (transfer.json/.csv/.png in its run folder), in the last PROBE_S seconds before DEADLINE.
+# (transfer.json/.csv/.png in its run folder), and `python -m ctr_jax.drift` every sequential
+# run (drift_K_L.json/.md), in the last PROBE_S seconds before DEADLINE.
 # Env: DEADLINE, STASH (/root/stash), PY (python3), METHODS, ORDERS, SEEDS, JOBS, EXTRA (more
 # --set KEY=VALUE words), NAME (run name prefix, default gpu), PROBE_S (60; 0 = no analysis),
 # GRADS (training batches per task for the analysis' gradient check, 4).
@@ -69,6 +70,14 @@ for d in runs/"$NAME"/*ctr* runs/"$NAME"/*bcl*; do
   left=$(( DEADLINE - $(el) ))
   [ -d "$d/checkpoints" ] && [ "$left" -gt 5 ] || continue
   timeout -s INT "$left" $PY -m ctr_jax.transfer "$d" --grads "$GRADS" 2>&1 | tail -4
+done
+# Which parameter groups moved the earlier tasks in each sequential run's last task
+# (drift_K_L.json/.md in its run folder); ONE and MTL have no such step.
+for d in runs/"$NAME"/*; do
+  case "$d" in *_one_*|*_mtl_*) continue ;; esac
+  left=$(( DEADLINE - $(el) ))
+  [ -d "$d/checkpoints" ] && [ "$left" -gt 5 ] || continue
+  timeout -s INT "$left" $PY -m ctr_jax.drift "$d" 2>&1 | tail -3
 done
 tar czf "$OUT"/runs.tgz --exclude=checkpoints --exclude=.lock runs logs
 ls -la "$OUT"
