@@ -92,9 +92,9 @@ def mix(base: nnx.State, other: nnx.State, group: str) -> nnx.State:
     return jax.tree.map(lambda b, o: o if group_of(b) == group else b, base, other, is_leaf=_is_var)
 
 
-def change_norms(before: nnx.State, after: nnx.State) -> dict[str, float]:
+def change_norms(before: nnx.State, after: nnx.State) -> dict[str, float | None]:
     """Per group present: ||after - before|| / ||before|| over all its leaves (0 where before
-    is all zeros and nothing changed)."""
+    is all zeros and nothing changed, None where it is all zeros and something did)."""
     sq_diff: dict[str, float] = {}
     sq_base: dict[str, float] = {}
     pairs = zip(
@@ -110,7 +110,7 @@ def change_norms(before: nnx.State, after: nnx.State) -> dict[str, float]:
     for g in GROUPS:
         if g in sq_diff:
             d, b = np.sqrt(sq_diff[g]), np.sqrt(sq_base[g])
-            out[g] = float(d / b) if b > 0 else (0.0 if d == 0 else float("inf"))
+            out[g] = float(d / b) if b > 0 else (0.0 if d == 0 else None)
     return out
 
 
@@ -201,7 +201,9 @@ def write_table(report: dict) -> str:
                  *[r["revert"][g]["acc"] for g in groups]]  # fmt: skip
         lines.append("| " + " | ".join(c if isinstance(c, str) else f"{100 * c:.1f}"
                                        for c in cells) + " |")  # fmt: skip
-    change = ", ".join(f"{g} {v:.3g}" for g, v in report["change"].items())
+    change = ", ".join(
+        f"{g} {'- (from 0)' if v is None else f'{v:.3g}'}" for g, v in report["change"].items()
+    )
     lines.append("")
     lines.append(f"relative change ||theta_{L} - theta_{K}|| / ||theta_{K}||: {change}")
     return "\n".join(lines) + "\n"
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.run_dir
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"drift_{report['from_task']}_{report['to_task']}.json"
-    path.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n", encoding="utf-8")
     table = write_table(report)
     (path.with_suffix(".md")).write_text(table, encoding="utf-8")
     print(table + f"\nwrote {path} and {path.with_suffix('.md')}")

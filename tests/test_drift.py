@@ -67,6 +67,13 @@ def test_change_norms_by_hand():
     got = drift.change_norms(a, b)
     assert got["layernorms"] == pytest.approx(expect, rel=1e-6)
     assert all(v == 0.0 for g, v in got.items() if g != "layernorms")
+    # A group that starts at zero has no relative change to give: None, not inf (valid JSON).
+    zero = jax.tree.map(
+        lambda v: v.replace(v[...] * 0.0) if drift.group_of(v) == "layernorms" else v,
+        a, is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )  # fmt: skip
+    assert drift.change_norms(zero, zero)["layernorms"] == 0.0
+    assert drift.change_norms(zero, b)["layernorms"] is None
 
 
 def check_drift(run_dir, tmp_path):
