@@ -13,6 +13,12 @@ to --out:
     heatmap_<run>.png          each run's accuracy matrix (row = after task, column = task)
     curve_<benchmark>.png      mean accuracy over the tasks seen so far after each task, one line
                                per method (mean over its runs), all methods in one figure
+    paired.csv (and a section of results.md)
+                               --ref's method (CTR by default) against every other method over
+                               the runs they share: the same task sequence, order, seed, epochs
+                               and --by values. Orders and seeds move every method alike, so
+                               the per-pair differences separate methods that the pooled
+                               mean +- std cannot.
 
 Only runs that learned every task enter the table and curves; unfinished ones are listed under
 the table. MTL has no forgetting (one joint phase), so its FR prints as "-". Matplotlib runs with
@@ -184,6 +190,111 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
     return rows
 
 
+def _pair_key(r: dict) -> tuple:
+    """What two runs must share to be compared pairwise: the task sequence, order, seed, epochs
+    setting and --by variant."""
+    return (r["benchmark"], tuple(r["tasks"]), r.get("order"), r.get("seed"),
+            json.dumps(r.get("epochs")), r.get("variant", ""))  # fmt: skip
+
+
+def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
+    """One row per (benchmark, method, variant) that shares complete runs with method `ref`:
+    the differences ref - method in Acc, MF1 and forgetting (% points; mean and sample std
+    over the pairs) and in how many pairs ref is ahead, level or behind in Acc and MF1.
+
+    A key (``_pair_key``) with two complete runs of one method is ambiguous and left out;
+    "ambiguous" counts such keys. Forgetting is NaN where either side trained jointly (MTL)."""
+    by_key: dict[tuple, dict[str, list[dict]]] = {}
+    for r in runs:
+        if r["complete"]:
+            by_key.setdefault(_pair_key(r), {}).setdefault(r["method"], []).append(r)
+    groups: dict[tuple[str, str, str], dict] = {}
+    for key, methods in by_key.items():
+        if ref not in methods:
+            continue
+        for method, rs in methods.items():
+            if method == ref:
+                continue
+            g = groups.setdefault((key[0], method, key[-1]), {"pairs": [], "ambiguous": 0})
+            if len(rs) > 1 or len(methods[ref]) > 1:
+                g["ambiguous"] += 1
+            else:
+                g["pairs"].append((methods[ref][0], rs[0]))
+    rows = []
+    for (bench, method, variant), g in sorted(
+        groups.items(),
+        key=lambda kv: (_bench_key(kv[0][0]), _method_key(kv[0][1]), _variant_key(kv[0][2])),
+    ):
+        pairs = g["pairs"]
+        row = {"benchmark": bench, "ref": ref, "method": method, "variant": variant,
+               "pairs": len(pairs), "ambiguous": g["ambiguous"]}  # fmt: skip
+        joint = any(r.get("protocol") == "joint" or r["method"] == "mtl" for p in pairs for r in p)
+        for key in ("acc", "mf1", "forgetting"):
+            d = [100.0 * (a["summary"][key] - b["summary"][key]) for a, b in pairs]
+            if not d or (key == "forgetting" and joint):
+                row[f"d_{key}_mean"] = row[f"d_{key}_std"] = math.nan
+            else:
+                row[f"d_{key}_mean"], row[f"d_{key}_std"] = _mean_std(d)
+            if key != "forgetting":
+                # Compared at the precision the table prints: a 1e-12 float difference is level.
+                rounded = [round(x, 2) for x in d]
+                row[f"{key}_ahead"] = sum(x > 0 for x in rounded)
+                row[f"{key}_level"] = sum(x == 0 for x in rounded)
+                row[f"{key}_behind"] = sum(x < 0 for x in rounded)
+        rows.append(row)
+    return rows
+
+
+PAIRED_COLS = ["benchmark", "ref", "method", "variant", "pairs", "ambiguous",
+               "d_acc_mean", "d_acc_std", "d_mf1_mean", "d_mf1_std",
+               "d_forgetting_mean", "d_forgetting_std", "acc_ahead", "acc_level", "acc_behind",
+               "mf1_ahead", "mf1_level", "mf1_behind"]  # fmt: skip
+
+
+def paired_markdown(rows: Sequence[dict]) -> str:
+    """The paired comparison as Markdown, one section per benchmark ("" without rows)."""
+    out = []
+    for bench in sorted({r["benchmark"] for r in rows}, key=_bench_key):
+        rs = [r for r in rows if r["benchmark"] == bench]
+        ref = _label(rs[0]["ref"])
+        out.append(f"### {BENCH_LABEL.get(bench, bench)}: {ref} against each method, paired\n")
+        out.append(f"| method | pairs | {ref} - method: Acc | MF1 | FR | "
+                   f"{ref} ahead / level / behind: Acc | MF1 |")  # fmt: skip
+        out.append("|---|---|---|---|---|---|---|")
+        for r in rs:
+            out.append(
+                f"| {_label(r['method'], r['variant'])} | {r['pairs']} | "
+                f"{_fmt(r['d_acc_mean'], r['d_acc_std'])} | "
+                f"{_fmt(r['d_mf1_mean'], r['d_mf1_std'])} | "
+                f"{_fmt(r['d_forgetting_mean'], r['d_forgetting_std'])} | "
+                f"{r['acc_ahead']} / {r['acc_level']} / {r['acc_behind']} | "
+                f"{r['mf1_ahead']} / {r['mf1_level']} / {r['mf1_behind']} |"
+            )
+        out.append("")
+        if amb := [r for r in rs if r["ambiguous"]]:
+            out.append("Left out as ambiguous (two runs of one method on the same sequence, "
+                       "order, seed and epochs): "
+                       + ", ".join(f"{_label(r['method'], r['variant'])}: {r['ambiguous']}"
+                                   for r in amb) + ".\n")  # fmt: skip
+    if out:
+        out.append(
+            "A pair is two complete runs on the same task sequence, order, seed and epochs (and "
+            "--by values). Differences in % points, mean ± sample std over the pairs; a positive "
+            "Acc / MF1 difference means the reference is higher, a negative FR difference that "
+            "it forgets less. Ahead / level / behind compare each pair at two decimals."
+        )
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _csv(rows: Sequence[dict], cols: Sequence[str]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for r in rows:
+        w.writerow(["" if isinstance(r[c], float) and math.isnan(r[c]) else r[c] for c in cols])
+    return buf.getvalue()
+
+
 def _bench_key(b: str) -> int:
     return BENCHMARKS.index(b) if b in BENCHMARKS else len(BENCHMARKS)
 
@@ -234,12 +345,7 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
 def csv_table(rows: Sequence[dict]) -> str:
     cols = ["benchmark", "method", "variant", "runs", "acc_mean", "acc_std", "mf1_mean", "mf1_std",
             "forgetting_mean", "forgetting_std", "paper_acc", "paper_mf1"]  # fmt: skip
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(cols)
-    for r in rows:
-        w.writerow(["" if isinstance(r[c], float) and math.isnan(r[c]) else r[c] for c in cols])
-    return buf.getvalue()
+    return _csv(rows, cols)
 
 
 def seen_task_curve(acc: np.ndarray) -> np.ndarray:
@@ -328,12 +434,20 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
 
 
 def write_report(
-    paths: Sequence[Path], out: Path, plots: bool = True, by: Sequence[str] = ()
+    paths: Sequence[Path],
+    out: Path,
+    plots: bool = True,
+    by: Sequence[str] = (),
+    ref: str | None = "ctr",
 ) -> dict[str, Path]:
     """Writes the table (Markdown, CSV) and plots for the runs under `paths`; returns the files.
 
     by: dotted config keys whose values split a method's runs into separate rows and curves.
+    ref: the method every other one is compared with pairwise (paired.csv and a section of
+    results.md, where it shares runs with another method); None: no paired comparison.
     """
+    if ref is not None and ref not in METHODS:
+        raise ReportError(f"--ref {ref!r} is not a method (one of {sorted(METHODS)})")
     runs = load_runs(find_results(paths), by)
     if not runs:
         raise ReportError(f"no {RESULTS_FILE} under {[str(p) for p in paths]}")
@@ -343,7 +457,15 @@ def write_report(
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
     files = {"md": out / "results.md", "csv": out / "results.csv"}
-    files["md"].write_text(markdown_table(rows, runs), encoding="utf-8")
+    md = markdown_table(rows, runs)
+    pairs = paired(runs, ref) if ref is not None else []
+    if pairs:
+        md += "\n" + paired_markdown(pairs)
+        files["paired"] = out / "paired.csv"
+        files["paired"].write_text(_csv(pairs, PAIRED_COLS), encoding="utf-8")
+    elif (out / "paired.csv").exists():
+        (out / "paired.csv").unlink()  # a stale one from an earlier report into this folder
+    files["md"].write_text(md, encoding="utf-8")
     files["csv"].write_text(csv_table(rows), encoding="utf-8")
     if plots:
         import matplotlib
@@ -370,10 +492,18 @@ def main(argv: list[str] | None = None) -> int:
         "--by", nargs="+", default=[], metavar="KEY",
         help="config keys (e.g. train.lr) whose values split a method's runs into separate rows",
     )  # fmt: skip
+    parser.add_argument(
+        "--ref", default="ctr", metavar="METHOD",
+        help="method compared pairwise with every other one over the runs they share "
+             "(same sequence, order, seed, epochs); 'none': no paired comparison",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     setup_logging("INFO")
     try:
-        files = write_report(args.paths, args.out, plots=not args.no_plots, by=args.by)
+        files = write_report(
+            args.paths, args.out, plots=not args.no_plots, by=args.by,
+            ref=None if args.ref == "none" else args.ref,
+        )  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

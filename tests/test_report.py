@@ -13,10 +13,12 @@ from ctr_jax.metrics import write_results
 NAN = np.nan
 
 
-def _run(root, name, method, acc, mf1=None, benchmark="asc", order=0, protocol="sequential"):
+def _run(
+    root, name, method, acc, mf1=None, benchmark="asc", order=0, protocol="sequential", seed=0
+):
     acc = np.array(acc, dtype=np.float64)
     write_results(
-        root / name, method=method, benchmark=benchmark, order=order, seed=0, backbone="tiny",
+        root / name, method=method, benchmark=benchmark, order=order, seed=seed, backbone="tiny",
         tasks=[f"t{i}" for i in range(len(acc))], acc=acc,
         mf1=acc - 0.1 if mf1 is None else np.array(mf1), extra={"protocol": protocol, "name": name},
     )  # fmt: skip
@@ -66,6 +68,48 @@ def test_report_writes_tables_and_plots(runs, tmp_path):
     for name, path in files.items():
         if name.startswith(("heatmap", "curve")):
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_paired_comparison_by_hand(runs, tmp_path):
+    # HAT on the same two orders as the CTR runs (seed 0), and one order CTR did not run.
+    _run(runs, "hat_o0", "hat", [[0.9, NAN], [0.9, 0.7]])  # Acc 80, MF1 70, FR 0
+    _run(runs, "hat_o1", "hat", [[0.8, NAN], [0.6, 0.9]], order=1)  # Acc 75, MF1 65, FR 20
+    _run(runs, "hat_o2", "hat", [[0.8, NAN], [0.8, 0.8]], order=2)  # no CTR partner
+    _run(runs, "hat_o0_s1", "hat", [[0.8, NAN], [0.8, 0.8]], seed=1)  # nor here
+    out = tmp_path / "out"
+    report.write_report([runs], out)
+    rows = {r["method"]: r for r in csv.DictReader((out / "paired.csv").open())}
+    assert set(rows) == {"hat", "mtl"}  # the unfinished NCL run pairs with nothing
+    hat = rows["hat"]
+    # CTR - HAT: Acc 85-80 = 5 (order 0) and 75-75 = 0 (order 1); MF1 the same (both -10);
+    # FR 10-0 = 10 and 0-20 = -20.
+    assert hat["pairs"] == "2" and hat["ambiguous"] == "0"
+    assert float(hat["d_acc_mean"]) == pytest.approx(2.5)
+    assert float(hat["d_acc_std"]) == pytest.approx(math.sqrt(12.5))
+    assert float(hat["d_forgetting_mean"]) == pytest.approx(-5.0)
+    assert (hat["acc_ahead"], hat["acc_level"], hat["acc_behind"]) == ("1", "1", "0")
+    mtl = rows["mtl"]  # order 0 only: CTR 85 against MTL 90; joint training has no FR
+    assert mtl["pairs"] == "1" and float(mtl["d_acc_mean"]) == pytest.approx(-5.0)
+    assert mtl["d_acc_std"] == "" and mtl["d_forgetting_mean"] == "" and mtl["acc_behind"] == "1"
+    md = (out / "results.md").read_text()
+    assert "### ASC: CTR against each method, paired" in md
+    assert "| HAT | 2 | 2.50 ± 3.54 | 2.50 ± 3.54 | -5.00 ± 21.21 | 1 / 1 / 0 | 1 / 1 / 0 |" in md
+
+    # A second CTR run on order 0, seed 0 makes that pair ambiguous: it is left out, and said.
+    _run(runs, "ctr_o0_again", "ctr", [[0.9, NAN], [0.8, 0.9]])
+    report.write_report([runs], out)
+    hat = {r["method"]: r for r in csv.DictReader((out / "paired.csv").open())}["hat"]
+    assert (hat["pairs"], hat["ambiguous"]) == ("1", "1")
+    assert "Left out as ambiguous" in (out / "results.md").read_text()
+
+    # Another reference; none at all removes the stale paired.csv.
+    report.write_report([runs], out, ref="hat", plots=False)
+    assert {r["method"] for r in csv.DictReader((out / "paired.csv").open())} == {"ctr", "mtl"}
+    report.write_report([runs], out, ref=None, plots=False)
+    assert not (out / "paired.csv").exists() and "paired" not in (out / "results.md").read_text()
+    with pytest.raises(report.ReportError, match="--ref 'ctrr' is not a method"):
+        report.write_report([runs], out, ref="ctrr")
+    assert report.main([str(runs), "--out", str(out), "--no-plots", "--ref", "none"]) == 0
 
 
 def test_seen_task_curve():
