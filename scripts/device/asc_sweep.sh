@@ -16,7 +16,8 @@
 # and the matrices are written after each task) and a later sweep resumes them.
 # After the sweep, `python -m ctr_jax.transfer` analyses every CTR / B-CL run with a checkpoint
 # (transfer.json/.csv/.png in its run folder), and `python -m ctr_jax.drift` every sequential
-# run (drift_K_L.json/.md), in the last PROBE_S seconds before DEADLINE.
+# run (drift_K_L.json/.md), in the last PROBE_S seconds before DEADLINE; then ctr_jax.report
+# writes the table and the paired comparison to runs/$NAME_report/ (no plots).
 # Env: DEADLINE, STASH (/root/stash), PY (python3), METHODS, ORDERS, SEEDS, JOBS, EXTRA (more
 # --set KEY=VALUE words), NAME (run name prefix, default gpu), PROBE_S (60; 0 = no analysis),
 # GRADS (training batches per task for the analysis' gradient check, 4).
@@ -79,5 +80,9 @@ for d in runs/"$NAME"/*; do
   [ -d "$d/checkpoints" ] && [ "$left" -gt 5 ] || continue
   timeout -s INT "$left" $PY -m ctr_jax.drift "$d" 2>&1 | tail -3
 done
+# The table with the paired comparison (CTR against each method on the same orders and seeds),
+# tables only: the image need not have matplotlib. It is cheap (reads results.json files).
+$PY -m ctr_jax.report runs/"$NAME" --by model.pooling --no-plots --out runs/"$NAME"_report \
+  2>&1 | tail -40 || true
 tar czf "$OUT"/runs.tgz --exclude=checkpoints --exclude=.lock runs logs
 ls -la "$OUT"
