@@ -21,11 +21,12 @@ parameter group in turn:
 
 Changes interact, so the rows need not add up; a group whose ``revert`` brings u back to its
 accuracy at K and whose ``alone`` takes it to its accuracy at L carried the movement. Groups
-(by Variable type, ``models/variables.py``): ``layernorms``, ``tsm`` (the HAT-masked MLP: the
-TSM of CTR and B-CL, the adapter of HAT and NCL), ``ksm`` (the other shared plugin weights),
-``capsules``, ``hat_embeddings``, ``heads``; a method's empty groups are left out. Task u's
-HAT embedding row and head never move after u (``training/optim.py``), so those groups change
-nothing for u by construction: a check on the tool as much as on the run.
+(by Variable type and metadata, ``models/variables.py``): ``layernorms``, ``tsm`` (the TSM of
+CTR and B-CL, the HAT-masked adapter of HAT, the ungated adapter of NCL), ``ksm`` (the other
+shared plugin weights), ``capsules``, ``hat_embeddings``, ``heads``; a method's empty groups
+are left out. Task u's HAT embedding row and head never move after u (``training/optim.py``),
+so those groups change nothing for u by construction: a check on the tool as much as on the
+run.
 
 Writes ``drift_K_L.json`` and a Markdown table, ``drift_K_L.md``, to ``--out`` (default: the
 run folder): per task u its accuracy and
@@ -70,7 +71,7 @@ def group_of(v: nnx.Variable) -> str:
     """The GROUPS entry of a trainable Variable, from its type and metadata alone."""
     if isinstance(v, LayerNormParam):
         return "layernorms"
-    if v.get_metadata().get("hat") is not None:
+    if v.get_metadata().get("tsm") is not None:
         return "tsm"
     if isinstance(v, CapsuleParam):
         return "capsules"

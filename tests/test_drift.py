@@ -29,6 +29,7 @@ def _leaves(state):
     [
         ("transfer", True, drift.GROUPS),  # CTR: every group
         (None, True, ("layernorms", "tsm", "hat_embeddings", "heads")),  # HAT: no KSM
+        (None, False, ("layernorms", "tsm", "heads")),  # NCL: the adapter is the TSM, ungated
     ],
 )
 def test_groups_follow_the_variable_types(ksm, use_hat, expect):

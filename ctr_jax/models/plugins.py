@@ -224,8 +224,9 @@ class CLPlugins(nnx.Module):
         if ksm is not None:  # KSM output projection N*C -> D, shared by all tasks (spec §10.12)
             self.big_w = PluginParam(_normal(rngs, (P, N * C, D)))
             self.big_b = PluginParam(jnp.zeros((P, D)), decay=False)
-        # TSM (HAT-masked MLP) and its gate embeddings; a plain adapter without HAT.
-        tag = (lambda role: {"hat": role}) if use_hat else (lambda role: {})
+        # TSM (HAT-masked MLP) and its gate embeddings; a plain adapter without HAT. The `tsm`
+        # role marks the adapter either way (analysis groups it); `hat` is what optim masks.
+        tag = (lambda role: {"tsm": role, "hat": role}) if use_hat else (lambda role: {"tsm": role})
         self.w1 = PluginParam(_normal(rngs, (P, D, A)), **tag("w1"))
         self.b1 = PluginParam(jnp.zeros((P, A)), decay=False, **tag("b1"))
         self.w2 = PluginParam(_normal(rngs, (P, A, D)), **tag("w2"))
