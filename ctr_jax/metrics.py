@@ -16,6 +16,11 @@ Summary numbers (spec §6, §8), for a T x T matrix of learned tasks:
     forgetting   FR  = mean_{u<T-1} (A[u, u] - A[T-1, u])  0 for T == 1; < 0 = backward transfer
     bwt          BWT = mean_{u<T-1} (A[T-1, u] - A[u, u]) = -FR
 
+`max_drop` (not in the summary; the report computes it from the matrix, so older run folders
+get it too) = mean_{u<T-1} max_{t>u} (A[u, u] - A[t, u]): the largest fall of each earlier task
+below its accuracy right after learning it, at any later point. FR sees the last row only, so a
+task that collapses mid-sequence and recovers later counts as not forgotten; max_drop >= FR.
+
 `macro_f1` follows sklearn's `f1_score(average="macro")` with the default zero_division=0: the
 labels are the sorted union of y_true and y_pred, per-label F1 = 2 tp / (2 tp + fp + fn), mean.
 
@@ -128,6 +133,15 @@ def backward_transfer(acc: np.ndarray) -> float:
     if last == 0:
         return 0.0
     return float(np.mean(a[last, :last] - np.diag(a)[:last]))
+
+
+def max_drop(acc: np.ndarray) -> float:
+    """mean_{u<T-1} max_{t>u} (A[u, u] - A[t, u]) over acc: [T, T]; 0.0 for T == 1."""
+    a = _square(acc, "acc")
+    last = a.shape[0] - 1
+    if last == 0:
+        return 0.0
+    return float(np.mean([a[u, u] - a[u + 1 :, u].min() for u in range(last)]))
 
 
 def summarize(acc: np.ndarray, mf1: np.ndarray) -> dict[str, float]:

@@ -7,7 +7,9 @@ Finds every results.json under the given paths, groups the runs by (benchmark, m
 --by, by the values of the given config keys (read from each run's config.json), and writes
 to --out:
 
-    results.md / results.csv   methods x benchmarks: Acc, MF1, forgetting (FR), in %, mean +- std
+    results.md / results.csv   methods x benchmarks: Acc, MF1, forgetting (FR), the max drop
+                               (metrics.max_drop: the largest fall of each earlier task at any
+                               later point, which FR's last row can hide), in %, mean +- std
                                over the runs of a group (orders, seeds), the number of runs, and
                                the paper's Acc / MF1 (spec §9.1) beside ours
     heatmap_<run>.png          each run's accuracy matrix (row = after task, column = task)
@@ -21,8 +23,8 @@ to --out:
                                mean +- std cannot.
 
 Only runs that learned every task enter the table and curves; unfinished ones are listed under
-the table. MTL has no forgetting (one joint phase), so its FR prints as "-". Matplotlib runs with
-the non-interactive Agg backend, so no display is needed.
+the table. MTL has no forgetting (one joint phase), so its FR and max drop print as "-".
+Matplotlib runs with the non-interactive Agg backend, so no display is needed.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ import numpy as np
 
 from ctr_jax.config import ExperimentConfig, with_legacy_values
 from ctr_jax.methods import METHODS
-from ctr_jax.metrics import RESULTS_FILE, read_results
+from ctr_jax.metrics import RESULTS_FILE, max_drop, read_results
 from ctr_jax.tracking import setup_logging
 
 log = logging.getLogger(__name__)
@@ -184,6 +186,10 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
                 continue
             mean, std = _mean_std([100.0 * r["summary"][key] for r in rs])
             row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+        if joint:
+            row["drop_mean"] = row["drop_std"] = math.nan
+        else:
+            row["drop_mean"], row["drop_std"] = _mean_std([100.0 * max_drop(r["acc"]) for r in rs])
         paper = PAPER.get((method, bench), (math.nan, math.nan))
         row["paper_acc"], row["paper_mf1"] = paper
         rows.append(row)
@@ -315,15 +321,16 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
     out = []
     for bench in sorted({r["benchmark"] for r in rows}, key=_bench_key):
         out.append(f"### {BENCH_LABEL.get(bench, bench)}\n")
-        out.append("| method | runs | Acc | MF1 | FR | paper Acc | paper MF1 |")
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("| method | runs | Acc | MF1 | FR | max drop | paper Acc | paper MF1 |")
+        out.append("|---|---|---|---|---|---|---|---|")
         for r in (r for r in rows if r["benchmark"] == bench):
             paper = ["-" if math.isnan(v) else f"{v:.2f}" for v in (r["paper_acc"], r["paper_mf1"])]
             out.append(
                 f"| {_label(r['method'], r['variant'])} | {r['runs']} | "
                 f"{_fmt(r['acc_mean'], r['acc_std'])} | "
                 f"{_fmt(r['mf1_mean'], r['mf1_std'])} | "
-                f"{_fmt(r['forgetting_mean'], r['forgetting_std'])} | {paper[0]} | {paper[1]} |"
+                f"{_fmt(r['forgetting_mean'], r['forgetting_std'])} | "
+                f"{_fmt(r['drop_mean'], r['drop_std'])} | {paper[0]} | {paper[1]} |"
             )
         out.append("")
     unfinished = [r for r in runs if not r["complete"]]
@@ -337,14 +344,18 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
         out.append("")
     out.append(
         "Acc, MF1: mean over the tasks after the last one (%); FR: forgetting rate (spec §6, "
-        "% points); mean ± sample std over runs (orders, seeds). Paper: spec §9.1 (bert-base)."
+        "% points: the fall from right after learning a task to the end); max drop: the "
+        "largest fall of each earlier task at any later point, averaged over the tasks (% "
+        "points; a task that collapses and recovers counts here, not in FR); mean ± sample "
+        "std over runs (orders, seeds). Paper: spec §9.1 (bert-base)."
     )
     return "\n".join(out) + "\n"
 
 
 def csv_table(rows: Sequence[dict]) -> str:
     cols = ["benchmark", "method", "variant", "runs", "acc_mean", "acc_std", "mf1_mean", "mf1_std",
-            "forgetting_mean", "forgetting_std", "paper_acc", "paper_mf1"]  # fmt: skip
+            "forgetting_mean", "forgetting_std", "drop_mean", "drop_std", "paper_acc",
+            "paper_mf1"]  # fmt: skip
     return _csv(rows, cols)
 
 

@@ -42,6 +42,18 @@ def test_hand_computed_3x3():
     )
 
 
+def test_max_drop_sees_a_fall_that_the_last_row_hides():
+    assert metrics.max_drop(ACC) == pytest.approx(0.175)  # falls are largest at the end: = FR
+    # Task 0 falls from 0.9 to 0.4 after task 1 and recovers to 0.85; task 1 goes 0.8 -> 0.7.
+    # FR = mean(0.90 - 0.85, 0.80 - 0.70) = 0.075; max_drop = mean(0.90 - 0.40, 0.10) = 0.30.
+    a = _readonly(np.array([[0.9, NAN, NAN], [0.4, 0.8, NAN], [0.85, 0.7, 0.9]]))
+    assert metrics.forgetting_rate(a) == pytest.approx(0.075)
+    assert metrics.max_drop(a) == pytest.approx(0.30)
+    # A task that only improves later has a negative drop (its smallest gain).
+    assert metrics.max_drop(np.array([[0.5, NAN], [0.7, 0.8]])) == pytest.approx(-0.2)
+    assert metrics.max_drop(np.array([[0.9]])) == 0.0
+
+
 def test_single_task_has_no_forgetting():
     one = np.array([[0.9]])
     assert metrics.forgetting_rate(one) == 0.0

@@ -51,14 +51,35 @@ def test_aggregate_matches_hand_computed_values(runs):
     mtl = by["mtl"]
     assert mtl["acc_mean"] == pytest.approx(90.0) and math.isnan(mtl["acc_std"])  # one run
     assert math.isnan(mtl["forgetting_mean"])  # joint training has no forgetting
+    assert math.isnan(mtl["drop_mean"])
+    # Two tasks: the only later row is the last, so the max drop is the FR (10 and 0).
+    assert ctr["drop_mean"] == pytest.approx(5.0)
+
+
+def test_max_drop_column_sees_a_recovered_collapse(tmp_path):
+    # Task 0: 0.9, collapses to 0.3 after task 1, back to 0.9 after task 2; task 1: 0.8 -> 0.8.
+    # FR = mean(0, 0) = 0; max drop = mean(0.9 - 0.3, 0.8 - 0.8) = 30 points.
+    _run(tmp_path, "ncl", "ncl", [[0.9, NAN, NAN], [0.3, 0.8, NAN], [0.9, 0.8, 0.7]])
+    out = tmp_path / "out"
+    report.write_report([tmp_path / "ncl"], out, plots=False)
+    row = next(csv.DictReader((out / "results.csv").open()))
+    assert float(row["forgetting_mean"]) == pytest.approx(0.0)
+    assert float(row["drop_mean"]) == pytest.approx(30.0)
+    assert (
+        "| NCL | 1 | 80.00 | 70.00 | 0.00 | 30.00 | 54.03 | 44.81 |"
+        in (out / "results.md").read_text()
+    )
 
 
 def test_report_writes_tables_and_plots(runs, tmp_path):
     out = tmp_path / "out"
     files = report.write_report([runs], out)
     md = (out / "results.md").read_text()
-    assert "| CTR | 2 | 80.00 ± 7.07 | 70.00 ± 7.07 | 5.00 ± 7.07 | 89.47 | 83.62 |" in md
-    assert "| MTL | 1 | 90.00 | 80.00 | - | 91.91 | 88.11 |" in md
+    assert (
+        "| CTR | 2 | 80.00 ± 7.07 | 70.00 ± 7.07 | 5.00 ± 7.07 | 5.00 ± 7.07 | 89.47 | 83.62 |"
+        in md
+    )
+    assert "| MTL | 1 | 90.00 | 80.00 | - | - | 91.91 | 88.11 |" in md
     assert "ncl_half (ncl, asc): 1 of 2 tasks" in md
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["method"] for r in rows] == ["ctr", "mtl"] and rows[1]["forgetting_mean"] == ""
@@ -144,7 +165,7 @@ def test_by_splits_rows_by_config_value(runs, tmp_path):
     assert got == [("ctr", "train.lr=0.0003", "1", 75.0), ("ctr", "train.lr=0.001", "1", 85.0),
                    ("mtl", "train.lr=0.001", "1", 90.0)]  # fmt: skip
     md = (out / "results.md").read_text()
-    assert "| CTR (train.lr=0.001) | 1 | 85.00 | 75.00 | 10.00 | 89.47 | 83.62 |" in md
+    assert "| CTR (train.lr=0.001) | 1 | 85.00 | 75.00 | 10.00 | 10.00 | 89.47 | 83.62 |" in md
     # Without --by the two CTR runs are one row again.
     plain = report.aggregate(report.load_runs(report.find_results([runs])))
     assert [r["method"] for r in plain] == ["ctr", "mtl"]
