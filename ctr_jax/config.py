@@ -203,6 +203,67 @@ class ParallelConfig:
     process_id: int | None = None
 
 
+def _at_least(lo: float) -> tuple[typing.Callable[[Any], bool], str]:
+    return (lambda v: v >= lo), f">= {lo}"
+
+
+def _above(lo: float) -> tuple[typing.Callable[[Any], bool], str]:
+    return (lambda v: v > lo), f"> {lo}"
+
+
+# Value ranges, by dotted key: a type check alone lets train.lr=-1 or train.batch_size=0 through
+# to a shape error or a silent non-run deep inside JAX. None (where a key allows it) is always
+# fine; a tuple's every element must be in range, and the tuple must not be empty.
+RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.num_tasks": _at_least(1),
+    "data.max_train_examples": _at_least(1),
+    "model.tsm_width": _at_least(1),
+    "model.capsule_hidden": _at_least(1),
+    "model.capsule_dim": _at_least(1),
+    "model.num_transfer_caps": _at_least(1),
+    "model.cnn_filters": _at_least(1),
+    # The current-task convolution pads by k - 2 on each side (as the original), so k >= 2.
+    "model.cnn_kernels": _at_least(2),
+    "model.router_tau": _above(0),
+    "model.hat_embedding_std": _above(0),
+    "model.routing_iters": _at_least(1),
+    "model.scan_unroll": _at_least(1),
+    "hat.s_max": _at_least(1),  # s anneals from 1 / s_max up to s_max (spec §5.1)
+    "hat.reg_weight": _at_least(0),
+    "hat.clamp": _above(0),
+    "hat.cosh_clip": _above(0),
+    "hat.embedding_lr_scale": _at_least(0),
+    "train.epochs": _at_least(1),
+    "train.batch_size": _at_least(1),
+    "train.eval_batch_size": _at_least(1),
+    "train.lr": _above(0),
+    "train.warmup": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
+    "train.weight_decay": _at_least(0),
+    "train.clip_norm": _above(0),
+    "train.keep_checkpoints": _at_least(1),
+    "train.buckets": _at_least(1),
+    "train.max_batch_tokens": _at_least(1),
+    "train.eval_max_tokens": _at_least(1),
+    "parallel.num_devices": _at_least(1),
+    "parallel.num_processes": _at_least(1),
+    "parallel.process_id": _at_least(0),
+}
+
+
+def check_ranges(cfg: ExperimentConfig) -> None:
+    """Raises ConfigError naming the first key of ``RANGES`` whose value is out of range."""
+    for key, (ok, what) in RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is None:
+            continue
+        items = value if isinstance(value, tuple) else (value,)
+        if not items or not all(ok(v) for v in items):
+            need = f"a non-empty list of values {what}" if isinstance(value, tuple) else what
+            raise ConfigError(f"{key}: must be {need}, got {_to_plain(value)!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "ctr"
@@ -217,6 +278,9 @@ class ExperimentConfig:
     hat: HatConfig = dataclasses.field(default_factory=HatConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     parallel: ParallelConfig = dataclasses.field(default_factory=ParallelConfig)
+
+    def __post_init__(self) -> None:
+        check_ranges(self)
 
     @property
     def run_dir(self) -> Path:

@@ -96,3 +96,46 @@ def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_pa
     loop._check_run_dir(cfg)  # the same config: resumes
     with pytest.raises(ConfigError, match=r"model\.pooling"):
         loop._check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
+
+
+# ------------------------------------------------------------------- value ranges
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=-0.001", "train.lr: must be > 0, got -0.001"),
+        ("train.lr=0", "train.lr: must be > 0"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+        ("train.epochs=0", "train.epochs: must be >= 1"),
+        ("train.warmup=1.5", r"train.warmup: must be in \[0, 1\]"),
+        ("train.weight_decay=-0.01", "train.weight_decay: must be >= 0"),
+        ("train.keep_checkpoints=0", "train.keep_checkpoints: must be >= 1"),
+        ("train.buckets=[0, 16]", r"train.buckets: must be a non-empty list of values >= 1"),
+        ("train.buckets=[]", r"train.buckets: must be a non-empty list"),
+        ("model.cnn_kernels=[1, 3]", r"model.cnn_kernels: must be a non-empty list of values >= 2"),
+        ("model.tsm_width=0", "model.tsm_width: must be >= 1"),
+        ("model.router_tau=0", "model.router_tau: must be > 0"),
+        ("model.scan_unroll=0", "model.scan_unroll: must be >= 1"),
+        ("hat.s_max=0.5", "hat.s_max: must be >= 1"),
+        ("hat.reg_weight=-1", "hat.reg_weight: must be >= 0"),
+        ("data.num_tasks=0", "data.num_tasks: must be >= 1"),
+        ("parallel.num_devices=0", "parallel.num_devices: must be >= 1"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_file(override, message):
+    with pytest.raises(ConfigError, match=r"asc_ctr\.yaml: " + message.replace(".", r"\.", 1)):
+        load_config(CONFIGS[0].parent / "asc_ctr.yaml", [override])
+
+
+def test_range_edges_and_nulls_are_accepted():
+    cfg = load_config(
+        None,
+        [
+            "train.warmup=0", "train.warmup=1", "hat.reg_weight=0", "hat.embedding_lr_scale=0",
+            "train.weight_decay=0", "train.keep_checkpoints=null", "data.num_tasks=null",
+            "train.max_batch_tokens=null", "hat.s_max=1", "model.cnn_kernels=[2]",
+        ],
+    )  # fmt: skip
+    assert cfg.train.warmup == 1.0 and cfg.hat.s_max == 1.0 and cfg.model.cnn_kernels == (2,)
+

@@ -310,8 +310,6 @@ def build_model(
     )
     if cfg.model.compute_dtype != "float32":
         model.encoder.set_compute_dtype(cfg.model.compute_dtype)
-    if cfg.model.scan_unroll < 1:
-        raise ConfigError(f"model.scan_unroll must be >= 1, got {cfg.model.scan_unroll}")
     model.encoder.scan_unroll = cfg.model.scan_unroll
     model.encoder.remat = cfg.model.remat
     graphdef, trainable, frozen = step.split_model(model)
@@ -416,9 +414,6 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
 
 
 def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
-    keep = cfg.train.keep_checkpoints
-    if keep is not None and (isinstance(keep, bool) or keep < 1):  # before the folder is made
-        raise ConfigError(f"train.keep_checkpoints must be >= 1 or null (all), got {keep!r}")
     if primary:
         _check_run_dir(cfg)
     if cfg.train.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get(
