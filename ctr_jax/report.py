@@ -3,15 +3,16 @@
     python -m ctr_jax.report runs/ [more folders or results.json files] --out docs/results
     python -m ctr_jax.report runs/ --by train.lr     # an ablation: one row per method and lr
 
-Finds every results.json under the given paths, groups the runs by (benchmark, method) and, with
---by, by the values of the given config keys (read from each run's config.json), and writes
-to --out:
+Finds every results.json under the given paths, groups the runs by (benchmark, number of tasks,
+method) and, with --by, by the values of the given config keys (read from each run's
+config.json), and writes to --out:
 
     results.md / results.csv   methods x benchmarks: Acc, MF1, forgetting (FR), the max drop
                                (metrics.max_drop: the largest fall of each earlier task at any
                                later point, which FR's last row can hide), in %, mean +- std
-                               over the runs of a group (orders, seeds), the number of runs, and
-                               the paper's Acc / MF1 (spec §9.1) beside ours
+                               over the runs of a group (orders, seeds), the number of runs and
+                               of tasks ("4 of 19" for a slice: a slice and the whole benchmark
+                               never share a row), and the paper's Acc / MF1 (spec §9.1)
     heatmap_<run>.png          each run's accuracy matrix (row = after task, column = task)
     curve_<benchmark>.png      mean accuracy over the tasks seen so far after each task, one line
                                per method (mean over its runs), all methods in one figure
@@ -43,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from ctr_jax.config import ExperimentConfig, with_legacy_values
+from ctr_jax.data.benchmarks import task_order
 from ctr_jax.methods import METHODS
 from ctr_jax.metrics import RESULTS_FILE, max_drop, read_results
 from ctr_jax.tracking import setup_logging
@@ -67,6 +69,24 @@ PAPER: dict[tuple[str, str], tuple[float, float]] = {
     ("mtl", "asc"): (91.91, 88.11), ("mtl", "dsc_full"): (89.77, 89.28),
     ("mtl", "20news"): (96.77, 96.77),
 }  # fmt: skip
+
+
+def benchmark_tasks(bench: str) -> int | None:
+    """How many tasks the whole benchmark has (ASC 19, DSC and 20News 10); None if unknown
+    (a custom stream). The paper's figures are over all of them."""
+    return len(task_order(bench, 0)) if bench in BENCHMARKS else None
+
+
+def tasks_label(bench: str, n: int) -> str:
+    """The tasks column: "19" (the whole benchmark), "4 of 19" (a slice), "n" (custom)."""
+    full = benchmark_tasks(bench)
+    return f"{n} of {full}" if full is not None and n != full else str(n)
+
+
+def _group_sort_key(key: tuple[str, int, str, str]) -> tuple:
+    """Benchmarks in their order, whole-benchmark rows before slices, then methods, variants."""
+    bench, n, method, variant = key
+    return _bench_key(bench), -n, _method_key(method), _variant_key(variant)
 
 
 class ReportError(ValueError):
@@ -167,19 +187,21 @@ def _variant_key(variant: str) -> tuple:
 
 
 def aggregate(runs: Sequence[dict]) -> list[dict]:
-    """One row per (benchmark, method, variant) of complete runs: means and stds in %, paper
-    figures."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
+    """One row per (benchmark, task count, method, variant) of complete runs: means and stds
+    in %, paper figures. Runs over different numbers of tasks (a 4-task slice and the whole
+    benchmark) never share a row: their means are not comparable."""
+    groups: dict[tuple[str, int, str, str], list[dict]] = {}
     for r in runs:
         if r["complete"]:
-            groups.setdefault((r["benchmark"], r["method"], r.get("variant", "")), []).append(r)
+            key = (r["benchmark"], len(r["tasks"]), r["method"], r.get("variant", ""))
+            groups.setdefault(key, []).append(r)
     rows = []
-    for (bench, method, variant), rs in sorted(
-        groups.items(),
-        key=lambda kv: (_bench_key(kv[0][0]), _method_key(kv[0][1]), _variant_key(kv[0][2])),
+    for (bench, n, method, variant), rs in sorted(
+        groups.items(), key=lambda kv: _group_sort_key(kv[0])
     ):
         joint = all(r.get("protocol") == "joint" or r["method"] == "mtl" for r in rs)
-        row = {"benchmark": bench, "method": method, "variant": variant, "runs": len(rs)}
+        row = {"benchmark": bench, "method": method, "variant": variant, "runs": len(rs),
+               "tasks": n, "benchmark_tasks": benchmark_tasks(bench)}  # fmt: skip
         for key in ("acc", "mf1", "forgetting"):
             if key == "forgetting" and joint:
                 row[f"{key}_mean"] = row[f"{key}_std"] = math.nan
@@ -204,7 +226,8 @@ def _pair_key(r: dict) -> tuple:
 
 
 def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
-    """One row per (benchmark, method, variant) that shares complete runs with method `ref`:
+    """One row per (benchmark, task count, method, variant) that shares complete runs with
+    method `ref`:
     the differences ref - method in Acc, MF1 and forgetting (% points; mean and sample std
     over the pairs) and in how many pairs ref is ahead, level or behind in Acc and MF1.
 
@@ -214,26 +237,26 @@ def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
     for r in runs:
         if r["complete"]:
             by_key.setdefault(_pair_key(r), {}).setdefault(r["method"], []).append(r)
-    groups: dict[tuple[str, str, str], dict] = {}
+    groups: dict[tuple[str, int, str, str], dict] = {}
     for key, methods in by_key.items():
         if ref not in methods:
             continue
         for method, rs in methods.items():
             if method == ref:
                 continue
-            g = groups.setdefault((key[0], method, key[-1]), {"pairs": [], "ambiguous": 0})
+            group = (key[0], len(key[1]), method, key[-1])
+            g = groups.setdefault(group, {"pairs": [], "ambiguous": 0})
             if len(rs) > 1 or len(methods[ref]) > 1:
                 g["ambiguous"] += 1
             else:
                 g["pairs"].append((methods[ref][0], rs[0]))
     rows = []
-    for (bench, method, variant), g in sorted(
-        groups.items(),
-        key=lambda kv: (_bench_key(kv[0][0]), _method_key(kv[0][1]), _variant_key(kv[0][2])),
+    for (bench, n, method, variant), g in sorted(
+        groups.items(), key=lambda kv: _group_sort_key(kv[0])
     ):
         pairs = g["pairs"]
         row = {"benchmark": bench, "ref": ref, "method": method, "variant": variant,
-               "pairs": len(pairs), "ambiguous": g["ambiguous"]}  # fmt: skip
+               "tasks": n, "pairs": len(pairs), "ambiguous": g["ambiguous"]}  # fmt: skip
         joint = any(r.get("protocol") == "joint" or r["method"] == "mtl" for p in pairs for r in p)
         for key in ("acc", "mf1", "forgetting"):
             d = [100.0 * (a["summary"][key] - b["summary"][key]) for a, b in pairs]
@@ -251,7 +274,7 @@ def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
     return rows
 
 
-PAIRED_COLS = ["benchmark", "ref", "method", "variant", "pairs", "ambiguous",
+PAIRED_COLS = ["benchmark", "ref", "method", "variant", "tasks", "pairs", "ambiguous",
                "d_acc_mean", "d_acc_std", "d_mf1_mean", "d_mf1_std",
                "d_forgetting_mean", "d_forgetting_std", "acc_ahead", "acc_level", "acc_behind",
                "mf1_ahead", "mf1_level", "mf1_behind"]  # fmt: skip
@@ -264,12 +287,13 @@ def paired_markdown(rows: Sequence[dict]) -> str:
         rs = [r for r in rows if r["benchmark"] == bench]
         ref = _label(rs[0]["ref"])
         out.append(f"### {BENCH_LABEL.get(bench, bench)}: {ref} against each method, paired\n")
-        out.append(f"| method | pairs | {ref} - method: Acc | MF1 | FR | "
+        out.append(f"| method | tasks | pairs | {ref} - method: Acc | MF1 | FR | "
                    f"{ref} ahead / level / behind: Acc | MF1 |")  # fmt: skip
-        out.append("|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|")
         for r in rs:
             out.append(
-                f"| {_label(r['method'], r['variant'])} | {r['pairs']} | "
+                f"| {_label(r['method'], r['variant'])} | {tasks_label(bench, r['tasks'])} | "
+                f"{r['pairs']} | "
                 f"{_fmt(r['d_acc_mean'], r['d_acc_std'])} | "
                 f"{_fmt(r['d_mf1_mean'], r['d_mf1_std'])} | "
                 f"{_fmt(r['d_forgetting_mean'], r['d_forgetting_std'])} | "
@@ -321,12 +345,13 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
     out = []
     for bench in sorted({r["benchmark"] for r in rows}, key=_bench_key):
         out.append(f"### {BENCH_LABEL.get(bench, bench)}\n")
-        out.append("| method | runs | Acc | MF1 | FR | max drop | paper Acc | paper MF1 |")
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("| method | tasks | runs | Acc | MF1 | FR | max drop | paper Acc | paper MF1 |")
+        out.append("|---|---|---|---|---|---|---|---|---|")
         for r in (r for r in rows if r["benchmark"] == bench):
             paper = ["-" if math.isnan(v) else f"{v:.2f}" for v in (r["paper_acc"], r["paper_mf1"])]
             out.append(
-                f"| {_label(r['method'], r['variant'])} | {r['runs']} | "
+                f"| {_label(r['method'], r['variant'])} | {tasks_label(bench, r['tasks'])} | "
+                f"{r['runs']} | "
                 f"{_fmt(r['acc_mean'], r['acc_std'])} | "
                 f"{_fmt(r['mf1_mean'], r['mf1_std'])} | "
                 f"{_fmt(r['forgetting_mean'], r['forgetting_std'])} | "
@@ -347,15 +372,17 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
         "% points: the fall from right after learning a task to the end); max drop: the "
         "largest fall of each earlier task at any later point, averaged over the tasks (% "
         "points; a task that collapses and recovers counts here, not in FR); mean ± sample "
-        "std over runs (orders, seeds). Paper: spec §9.1 (bert-base)."
+        'std over runs (orders, seeds) with the same number of tasks; tasks: "4 of 19" is a '
+        "run over the first 4 tasks of each order. Paper: spec §9.1 (bert-base, all tasks, 5 "
+        "orders)."
     )
     return "\n".join(out) + "\n"
 
 
 def csv_table(rows: Sequence[dict]) -> str:
-    cols = ["benchmark", "method", "variant", "runs", "acc_mean", "acc_std", "mf1_mean", "mf1_std",
-            "forgetting_mean", "forgetting_std", "drop_mean", "drop_std", "paper_acc",
-            "paper_mf1"]  # fmt: skip
+    cols = ["benchmark", "method", "variant", "tasks", "benchmark_tasks", "runs",
+            "acc_mean", "acc_std", "mf1_mean", "mf1_std", "forgetting_mean", "forgetting_std",
+            "drop_mean", "drop_std", "paper_acc", "paper_mf1"]  # fmt: skip
     return _csv(rows, cols)
 
 
@@ -404,26 +431,31 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_group: dict[tuple[str, str], list[np.ndarray]] = {}
+    by_group: dict[tuple[str, int, str, str], list[np.ndarray]] = {}
     for r in runs:
         if r["complete"] and r["benchmark"] == bench:
-            key = (r["method"], r.get("variant", ""))
+            key = (bench, len(r["tasks"]), r["method"], r.get("variant", ""))
             by_group.setdefault(key, []).append(seen_task_curve(r["acc"]))
-    # One colour per method; a method's variants (--by) share it and differ in line style, so
-    # an ablation reads as families of curves. MTL, the reference, starts from dashed.
-    keys = sorted(by_group, key=lambda k: (_method_key(k[0]), _variant_key(k[1])))
-    methods = sorted({m for m, _ in keys}, key=_method_key)
+    # One colour per method; a method's variants (--by) and task counts share it and differ
+    # in line style, so an ablation reads as families of curves. MTL, the reference, starts
+    # from dashed. Runs over different numbers of tasks get separate curves.
+    keys = sorted(by_group, key=_group_sort_key)
+    methods = sorted({m for _, _, m, _ in keys}, key=_method_key)
+    several_counts = len({n for _, n, _, _ in keys}) > 1
     styles = ["-", "--", ":", "-."]
     seen: dict[str, int] = {}
-    for method, variant in keys:
-        curves = np.stack(by_group[method, variant])
+    for key in keys:
+        _, n_tasks, method, variant = key
+        curves = np.stack(by_group[key])
         x = np.arange(1, curves.shape[1] + 1)
         i = seen[method] = seen.get(method, -1) + 1
         style = styles[(i + (method == "mtl")) % len(styles)]
         n = len(curves)
         ax.plot(x, curves.mean(0), style, marker="os^Dv<>p"[i % 8], ms=3,
                 color=f"C{methods.index(method) % 10}",
-                label=f"{_label(method, variant)}: {n} run{'s' if n > 1 else ''}")  # fmt: skip
+                label=f"{_label(method, variant)}"
+                      f"{f' ({n_tasks} tasks)' if several_counts else ''}: "
+                      f"{n} run{'s' if n > 1 else ''}")  # fmt: skip
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -138,4 +138,3 @@ def test_range_edges_and_nulls_are_accepted():
         ],
     )  # fmt: skip
     assert cfg.train.warmup == 1.0 and cfg.hat.s_max == 1.0 and cfg.model.cnn_kernels == (2,)
-

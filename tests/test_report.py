@@ -66,7 +66,7 @@ def test_max_drop_column_sees_a_recovered_collapse(tmp_path):
     assert float(row["forgetting_mean"]) == pytest.approx(0.0)
     assert float(row["drop_mean"]) == pytest.approx(30.0)
     assert (
-        "| NCL | 1 | 80.00 | 70.00 | 0.00 | 30.00 | 54.03 | 44.81 |"
+        "| NCL | 3 of 19 | 1 | 80.00 | 70.00 | 0.00 | 30.00 | 54.03 | 44.81 |"
         in (out / "results.md").read_text()
     )
 
@@ -76,10 +76,10 @@ def test_report_writes_tables_and_plots(runs, tmp_path):
     files = report.write_report([runs], out)
     md = (out / "results.md").read_text()
     assert (
-        "| CTR | 2 | 80.00 ± 7.07 | 70.00 ± 7.07 | 5.00 ± 7.07 | 5.00 ± 7.07 | 89.47 | 83.62 |"
-        in md
+        "| CTR | 2 of 19 | 2 | 80.00 ± 7.07 | 70.00 ± 7.07 | 5.00 ± 7.07 | 5.00 ± 7.07 | "
+        "89.47 | 83.62 |" in md
     )
-    assert "| MTL | 1 | 90.00 | 80.00 | - | - | 91.91 | 88.11 |" in md
+    assert "| MTL | 2 of 19 | 1 | 90.00 | 80.00 | - | - | 91.91 | 88.11 |" in md
     assert "ncl_half (ncl, asc): 1 of 2 tasks" in md
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["method"] for r in rows] == ["ctr", "mtl"] and rows[1]["forgetting_mean"] == ""
@@ -114,7 +114,10 @@ def test_paired_comparison_by_hand(runs, tmp_path):
     assert mtl["d_acc_std"] == "" and mtl["d_forgetting_mean"] == "" and mtl["acc_behind"] == "1"
     md = (out / "results.md").read_text()
     assert "### ASC: CTR against each method, paired" in md
-    assert "| HAT | 2 | 2.50 ± 3.54 | 2.50 ± 3.54 | -5.00 ± 21.21 | 1 / 1 / 0 | 1 / 1 / 0 |" in md
+    row = (
+        "| HAT | 2 of 19 | 2 | 2.50 ± 3.54 | 2.50 ± 3.54 | -5.00 ± 21.21 | 1 / 1 / 0 | 1 / 1 / 0 |"
+    )
+    assert row in md
 
     # A second CTR run on order 0, seed 0 makes that pair ambiguous: it is left out, and said.
     _run(runs, "ctr_o0_again", "ctr", [[0.9, NAN], [0.8, 0.9]])
@@ -131,6 +134,36 @@ def test_paired_comparison_by_hand(runs, tmp_path):
     with pytest.raises(report.ReportError, match="--ref 'ctrr' is not a method"):
         report.write_report([runs], out, ref="ctrr")
     assert report.main([str(runs), "--out", str(out), "--no-plots", "--ref", "none"]) == 0
+
+
+def test_runs_over_different_task_counts_never_share_a_row(runs, tmp_path):
+    # A 3-task CTR slice beside the fixture's two 2-task CTR runs: averaged with them it would
+    # give Acc (85 + 75 + 60) / 3; it gets a row of its own, before the shorter slice.
+    three = [[0.9, NAN, NAN], [0.8, 0.7, NAN], [0.5, 0.6, 0.7]]  # Acc 60, FR (40 + 10) / 2
+    _run(runs, "ctr_3", "ctr", three)
+    _run(runs, "hat_3", "hat", [[0.9, NAN, NAN], [0.9, 0.7, NAN], [0.9, 0.7, 0.6]])  # Acc 73.33
+    out = tmp_path / "out"
+    report.write_report([runs], out)
+    rows = [r for r in csv.DictReader((out / "results.csv").open()) if r["method"] == "ctr"]
+    assert [(r["tasks"], r["runs"]) for r in rows] == [("3", "1"), ("2", "2")]
+    assert rows[0]["benchmark_tasks"] == "19"
+    assert float(rows[0]["acc_mean"]) == pytest.approx(60.0)
+    assert float(rows[1]["acc_mean"]) == pytest.approx(80.0)
+    md = (out / "results.md").read_text()
+    assert "| CTR | 3 of 19 | 1 | 60.00 | 50.00 | 25.00 | 25.00 |" in md
+    # HAT pairs with the 3-task CTR run only: CTR - HAT = 60 - 73.33.
+    paired = {r["method"]: r for r in csv.DictReader((out / "paired.csv").open())}
+    assert (paired["hat"]["tasks"], paired["hat"]["pairs"]) == ("3", "1")
+    assert float(paired["hat"]["d_acc_mean"]) == pytest.approx(60.0 - 220.0 / 3)
+    assert (out / "curve_asc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # curves per count
+
+
+def test_tasks_label():
+    assert report.tasks_label("asc", 19) == "19"
+    assert report.tasks_label("asc", 4) == "4 of 19"
+    assert report.tasks_label("dsc_small", 2) == "2 of 10"
+    assert report.tasks_label("20news", 10) == "10"
+    assert report.tasks_label("custom", 5) == "5"
 
 
 def test_seen_task_curve():
@@ -165,7 +198,10 @@ def test_by_splits_rows_by_config_value(runs, tmp_path):
     assert got == [("ctr", "train.lr=0.0003", "1", 75.0), ("ctr", "train.lr=0.001", "1", 85.0),
                    ("mtl", "train.lr=0.001", "1", 90.0)]  # fmt: skip
     md = (out / "results.md").read_text()
-    assert "| CTR (train.lr=0.001) | 1 | 85.00 | 75.00 | 10.00 | 10.00 | 89.47 | 83.62 |" in md
+    assert (
+        "| CTR (train.lr=0.001) | 2 of 19 | 1 | 85.00 | 75.00 | 10.00 | 10.00 | 89.47 | 83.62 |"
+        in md
+    )
     # Without --by the two CTR runs are one row again.
     plain = report.aggregate(report.load_runs(report.find_results([runs])))
     assert [r["method"] for r in plain] == ["ctr", "mtl"]
