@@ -288,3 +288,16 @@ def test_variants_sort_by_number_not_text():
     assert sorted(["pooling=pooler", "pooling=mean"], key=report._variant_key) == [
         "pooling=mean", "pooling=pooler",
     ]  # fmt: skip
+
+
+def test_dsc_small_shows_the_second_hand_paper_acc_only(tmp_path):
+    _run(tmp_path, "dsc", "ctr", [[0.9, NAN], [0.8, 0.9]], benchmark="dsc_small")
+    _run(tmp_path, "dsc_hat", "hat", [[0.9, NAN], [0.8, 0.8]], benchmark="dsc_small")
+    out = tmp_path / "out"
+    report.write_report([tmp_path / "dsc", tmp_path / "dsc_hat"], out, plots=False)
+    md = (out / "results.md").read_text()
+    assert "| CTR | 2 of 10 | 1 | 85.00 | 75.00 | 10.00 | 10.00 | 84.34 | - |" in md
+    assert "| HAT | 2 of 10 | 1 | 80.00 | 70.00 | 10.00 | 10.00 | - | - |" in md
+    assert "DSC small: spec §9.2 (Acc only" in md
+    row = next(r for r in csv.DictReader((out / "results.csv").open()) if r["method"] == "ctr")
+    assert (row["paper_acc"], row["paper_mf1"]) == ("84.34", "")
