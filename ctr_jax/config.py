@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 import yaml
 
+from ctr_jax.methods import METHODS
+
 
 class ConfigError(ValueError):
     """A configuration problem; the message names the key (and file) at fault."""
@@ -162,6 +164,13 @@ class TrainConfig:
     # spec §2, so they are the one place where a HAT-masked method's earlier tasks can still
     # move; README "LayerNorms and HAT's drift").
     freeze_layernorms: bool = False
+    # Learning-rate factor of the knowledge-sharing module of CTR and B-CL: its task capsules,
+    # routing matrices, similarity CNN, router and output projection (1 = the shared lr, as the
+    # paper and the original). An ablation: on the default backbone the module's gradients
+    # start below Adam's eps and its routed output stays a small fraction of its input
+    # (docs/FINDINGS.md, "Capsule depth" and "DSC small"); a factor > 1 lets it grow faster.
+    # Applied after Adam, before the protection, so frozen capsule rows stay frozen.
+    ksm_lr_scale: float = 1.0
     # Task checkpoints kept in the run folder: the newest N (null = all). A resume needs only
     # the newest; ``ctr_jax.drift`` compares any two kept ones, so keep all to trace what
     # moved an earlier task at every step (each is the trainable state: 67 MB for B-CL on
@@ -239,6 +248,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.lr": _above(0),
     "train.warmup": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     "train.weight_decay": _at_least(0),
+    "train.ksm_lr_scale": _at_least(0),
     "train.clip_norm": _above(0),
     "train.keep_checkpoints": _at_least(1),
     "train.buckets": _at_least(1),
@@ -264,6 +274,24 @@ def check_ranges(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: must be {need}, got {_to_plain(value)!r}")
 
 
+def check_method_keys(cfg: ExperimentConfig) -> None:
+    """Raises ConfigError for a key set away from its default that the config's method has
+    nothing to apply to (a learning-rate factor for a module it lacks), instead of a run that
+    silently ignores it."""
+    method = METHODS[cfg.method]
+    unused = {  # key: (value, the method lacks what it scales, what that is)
+        "train.ksm_lr_scale": (
+            cfg.train.ksm_lr_scale,
+            method.ksm is None,
+            "knowledge-sharing module",
+        ),
+        "hat.embedding_lr_scale": (cfg.hat.embedding_lr_scale, not method.hat, "HAT gates"),
+    }
+    for key, (value, lacks, what) in unused.items():
+        if lacks and value != 1.0:
+            raise ConfigError(f"{key}: method {cfg.method!r} has no {what} to scale, got {value!r}")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "ctr"
@@ -281,6 +309,7 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self)
+        check_method_keys(self)
 
     @property
     def run_dir(self) -> Path:

@@ -52,7 +52,7 @@ from flax import nnx
 
 from ctr_jax.checkpoint import TaskCheckpointer
 from ctr_jax.config import ConfigError
-from ctr_jax.models.variables import CapsuleParam, HeadParam, LayerNormParam, TaskEmbedding
+from ctr_jax.models.variables import GROUPS, group_of, groups_present
 from ctr_jax.parallel import DataParallel
 from ctr_jax.tracking import setup_logging
 from ctr_jax.training import step
@@ -60,32 +60,9 @@ from ctr_jax.training.loop import Evaluator, TrainedRun, load_trained, restore_t
 
 log = logging.getLogger(__name__)
 
-GROUPS = ("layernorms", "tsm", "ksm", "capsules", "hat_embeddings", "heads")
-
 
 def _is_var(x) -> bool:
     return isinstance(x, nnx.Variable)
-
-
-def group_of(v: nnx.Variable) -> str:
-    """The GROUPS entry of a trainable Variable, from its type and metadata alone."""
-    if isinstance(v, LayerNormParam):
-        return "layernorms"
-    if v.get_metadata().get("tsm") is not None:
-        return "tsm"
-    if isinstance(v, CapsuleParam):
-        return "capsules"
-    if isinstance(v, TaskEmbedding):
-        return "hat_embeddings"
-    if isinstance(v, HeadParam):
-        return "heads"
-    return "ksm"
-
-
-def groups_present(trainable: nnx.State) -> list[str]:
-    """The GROUPS a state has leaves in, in GROUPS order."""
-    found = {group_of(v) for v in jax.tree.leaves(trainable, is_leaf=_is_var)}
-    return [g for g in GROUPS if g in found]
 
 
 def mix(base: nnx.State, other: nnx.State, group: str) -> nnx.State:

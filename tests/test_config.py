@@ -1,5 +1,6 @@
 """Config loading: every shipped YAML loads; bad keys and types fail naming the key."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,7 @@ def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_pa
         ("model.scan_unroll=0", "model.scan_unroll: must be >= 1"),
         ("hat.s_max=0.5", "hat.s_max: must be >= 1"),
         ("hat.reg_weight=-1", "hat.reg_weight: must be >= 0"),
+        ("train.ksm_lr_scale=-2", "train.ksm_lr_scale: must be >= 0"),
         ("data.num_tasks=0", "data.num_tasks: must be >= 1"),
         ("parallel.num_devices=0", "parallel.num_devices: must be >= 1"),
     ],
@@ -126,6 +128,24 @@ def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_pa
 def test_out_of_range_values_name_the_key_and_the_file(override, message):
     with pytest.raises(ConfigError, match=r"asc_ctr\.yaml: " + message.replace(".", r"\.", 1)):
         load_config(CONFIGS[0].parent / "asc_ctr.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    "config, override, lacks, has",
+    [
+        ("asc_hat.yaml", "train.ksm_lr_scale=10", "knowledge-sharing module", "asc_bcl.yaml"),
+        ("asc_mtl.yaml", "train.ksm_lr_scale=0.5", "knowledge-sharing module", "asc_ctr.yaml"),
+        ("asc_ncl.yaml", "hat.embedding_lr_scale=10", "HAT gates", "asc_hat.yaml"),
+    ],
+)
+def test_a_factor_for_a_module_the_method_lacks_is_refused(config, override, lacks, has):
+    key, method = override.split("=")[0], config[len("asc_") : -len(".yaml")]
+    message = f"{config}: {key}: method '{method}' has no {lacks} to scale"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(CONFIGS[0].parent / config, [override])
+    # A method that has the module takes it; the default (1) is fine for every method.
+    assert load_config(CONFIGS[0].parent / has, [override]).method == has[4:-5]
+    load_config(CONFIGS[0].parent / config, [f"{key}=1"])
 
 
 def test_range_edges_and_nulls_are_accepted():

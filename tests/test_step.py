@@ -10,7 +10,7 @@ import optax
 import pytest
 from flax import nnx
 
-from ctr_jax.config import HatConfig, TrainConfig
+from ctr_jax.config import ExperimentConfig, HatConfig, TrainConfig
 from ctr_jax.models import hat
 from ctr_jax.models.variables import CapsuleParam, HeadParam, TaskEmbedding
 from ctr_jax.training import optim, step
@@ -201,24 +201,27 @@ def test_update_scales_shapes():
         np.broadcast_shapes(g.shape, sc.shape)  # raises if not broadcastable
 
 
+def _updates_with_factors(trainable, factors, task_id=1):
+    """One protected AdamW update of random gradients for task `task_id`, with per-group
+    learning-rate factors (None: the default chain); leaves by dotted path."""
+    masks = hat.HatMasks.zeros(4, TINY_MODEL.tsm_width, 32)
+    scales = optim.update_scales(trainable, jnp.int32(task_id), masks)
+    keys = iter(jax.random.split(jax.random.key(0), 1000))
+    grads = jax.tree.map(lambda v: jax.random.normal(next(keys), v.shape), trainable)
+    lr = None if factors is None else optim.lr_scales(trainable, factors)
+    tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable), lr)
+    u, _ = tx.update(grads, tx.init(trainable), trainable, scales=scales, lr=TRAIN.lr)
+    return _leaves(u)
+
+
 def test_embedding_lr_scale_multiplies_only_the_current_gate_rows():
     """hat.embedding_lr_scale: the task's gate-embedding rows move k times as far (the same
     Adam step, weight decay included); every other leaf moves exactly as with k = 1, and the
     other tasks' rows not at all."""
-    model = tiny_model()
-    _, trainable, _ = step.split_model(model)
-    masks = hat.HatMasks.zeros(4, TINY_MODEL.tsm_width, 32)
-    scales = optim.update_scales(trainable, jnp.int32(1), masks)
-    keys = iter(jax.random.split(jax.random.key(0), 1000))
-    grads = jax.tree.map(lambda v: jax.random.normal(next(keys), v.shape), trainable)
-    assert optim.lr_scales(trainable, 1.0) is None  # the default chain has no extra stage
-
-    def update(factors):
-        tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable), factors)
-        u, _ = tx.update(grads, tx.init(trainable), trainable, scales=scales, lr=TRAIN.lr)
-        return _leaves(u)
-
-    base, scaled = update(None), update(optim.lr_scales(trainable, 25.0))
+    _, trainable, _ = step.split_model(tiny_model())
+    assert optim.lr_scales(trainable, {"hat_embeddings": 1.0}) is None  # no extra stage
+    base = _updates_with_factors(trainable, None)
+    scaled = _updates_with_factors(trainable, {"hat_embeddings": 25.0})
     embeddings = {"plugins.e1.value", "plugins.e2.value"}
     assert embeddings <= set(base)
     for k in base:
@@ -229,6 +232,42 @@ def test_embedding_lr_scale_multiplies_only_the_current_gate_rows():
             assert np.abs(base[k][:, 1]).min() > 0
         else:
             np.testing.assert_array_equal(scaled[k], base[k])
+
+
+@pytest.mark.parametrize("ksm", ["transfer", "dynamic"])
+def test_ksm_lr_scale_multiplies_the_knowledge_sharing_module_only(ksm):
+    """train.ksm_lr_scale (CTR and B-CL): the capsules and the KSM's shared weights move k
+    times as far; future capsule rows stay frozen; the TSM, LayerNorms, gate embeddings and
+    heads move exactly as with k = 1."""
+    _, trainable, _ = step.split_model(tiny_model(ksm=ksm))
+    cfg = ExperimentConfig(method="ctr" if ksm == "transfer" else "bcl")
+    factors = optim.lr_factors(dataclasses.replace(cfg, train=TrainConfig(ksm_lr_scale=8.0)))
+    assert factors == {"hat_embeddings": 1.0, "ksm": 8.0, "capsules": 8.0}
+    assert optim.lr_scales(trainable, optim.lr_factors(cfg)) is None  # the default: no stage
+    base = _updates_with_factors(trainable, None)
+    scaled = _updates_with_factors(trainable, factors)
+    # Every plugin leaf but the TSM's four and the gate embeddings belongs to the KSM.
+    unscaled = {"w1", "b1", "w2", "b2", "e1", "e2"}
+    moved = {k for k in base if k.startswith("plugins.") and k.split(".")[1] not in unscaled}
+    expect = {"route", "big_w", "big_b", "caps_w1", "caps_b1"}
+    if ksm == "transfer":  # the similarity CNN and the router
+        expect |= {f"conv_{a}{k}_{p}" for a in ("cur", "src") for k in (3, 4, 5) for p in "wb"}
+        expect |= {"cur_w", "cur_b", "sim_w", "sim_b", "dec_w", "dec_b"}
+    assert {k.split(".")[1] for k in moved} == expect
+    for k in base:
+        if k in moved:
+            np.testing.assert_allclose(scaled[k], 8.0 * base[k], rtol=1e-6)
+            assert np.abs(scaled[k]).max() > 0
+            if k.split(".")[1].startswith("caps_"):  # task axis 1; task 1 learns: row 2 frozen
+                assert np.all(scaled[k][:, 2] == 0) and np.abs(scaled[k][:, 1]).min() > 0
+        else:
+            np.testing.assert_array_equal(scaled[k], base[k])
+
+
+def test_lr_scales_refuses_an_unknown_group():
+    _, trainable, _ = step.split_model(tiny_model())
+    with pytest.raises(ValueError, match="unknown parameter groups.*'adapter'"):
+        optim.lr_scales(trainable, {"adapter": 2.0})
 
 
 @pytest.mark.parametrize("layers", [1, 2])

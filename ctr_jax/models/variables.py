@@ -18,8 +18,12 @@ biases: no weight decay) and ``hat`` (``"w1" | "b1" | "w2" | "b2"`` on the four 
 leaves), and ``tsm`` (the same roles on the TSM's four leaves whether or not HAT gates them, so
 an analysis can find the adapter of NCL, ONE and MTL too). ``training/optim.py`` reads only
 these, never parameter names.
+
+``group_of`` files every trainable Variable under one of ``GROUPS`` by the same type and
+metadata: the optimizer's per-group learning-rate factors and ``ctr_jax.drift`` read it.
 """
 
+import jax
 from flax import nnx
 
 
@@ -49,3 +53,32 @@ class HeadParam(nnx.Param):
 
 class Buffer(nnx.Variable):
     """A constant array stored in the model (e.g. the valid-class mask of the heads)."""
+
+
+# Parameter groups of the trainable state: the layers' LayerNorms; the TSM (CTR's and B-CL's
+# HAT-masked MLP, the adapter of HAT, NCL, ONE and MTL); the knowledge-sharing module's shared
+# weights (routing matrices, similarity CNN, router, output projection) and its per-task
+# capsules; the HAT gate embeddings; the task heads.
+GROUPS = ("layernorms", "tsm", "ksm", "capsules", "hat_embeddings", "heads")
+
+
+def group_of(v: nnx.Variable) -> str:
+    """The GROUPS entry of a trainable Variable, from its type and metadata alone."""
+    if isinstance(v, LayerNormParam):
+        return "layernorms"
+    if v.get_metadata().get("tsm") is not None:
+        return "tsm"
+    if isinstance(v, CapsuleParam):
+        return "capsules"
+    if isinstance(v, TaskEmbedding):
+        return "hat_embeddings"
+    if isinstance(v, HeadParam):
+        return "heads"
+    return "ksm"
+
+
+def groups_present(trainable: nnx.State) -> list[str]:
+    """The GROUPS a state has leaves in, in GROUPS order."""
+    leaves = jax.tree.leaves(trainable, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    found = {group_of(v) for v in leaves}
+    return [g for g in GROUPS if g in found]

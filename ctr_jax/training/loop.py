@@ -459,7 +459,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     # ONE restarts every task from this state (a copy: the train step donates its input).
     initial = jax.tree.map(jnp.copy, trainable) if method.protocol == "independent" else None
 
-    factors = optim.lr_scales(trainable, cfg.hat.embedding_lr_scale)
+    factors = optim.lr_scales(trainable, optim.lr_factors(cfg))
     tx = optim.make_optimizer(cfg.train, optim.decay_mask(trainable), factors)
     train_step = jax.jit(
         step.make_train_step(

@@ -11,11 +11,13 @@ BertAdam does not guarantee (spec §10.8).
 (``variables.py``): HAT leaves get HAT's masks (``hat.tsm_scales``), per-task leaves a row mask
 (capsules: rows k <= t; HAT embeddings and heads: row t only, so previous tasks' gates and heads
 are bit-for-bit frozen), the layers' LayerNorms 0 with ``train.freeze_layernorms``, everything
-else 1.
+else 1. Learning-rate factors by parameter group (``lr_scales``: ``hat.embedding_lr_scale``,
+``train.ksm_lr_scale``) act after the learning rate and before the last protection stage.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
@@ -23,9 +25,16 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from ctr_jax.config import TrainConfig
+from ctr_jax.config import ExperimentConfig, TrainConfig
 from ctr_jax.models import hat
-from ctr_jax.models.variables import CapsuleParam, HeadParam, LayerNormParam, TaskEmbedding
+from ctr_jax.models.variables import (
+    GROUPS,
+    CapsuleParam,
+    HeadParam,
+    LayerNormParam,
+    TaskEmbedding,
+    group_of,
+)
 
 
 def _is_var(x) -> bool:
@@ -86,16 +95,36 @@ def decay_mask(trainable: nnx.State) -> nnx.State:
     return jax.tree.map(mask, trainable, is_leaf=_is_var)
 
 
-def lr_scales(trainable: nnx.State, hat_embedding: float) -> nnx.State | None:
-    """Static per-leaf learning-rate factors: `hat_embedding` on the HAT gate embeddings, 1
-    elsewhere; None when every factor is 1 (the optimizer then has no extra stage)."""
-    if hat_embedding == 1.0:
+def lr_scales(trainable: nnx.State, factors: Mapping[str, float]) -> nnx.State | None:
+    """Static per-leaf learning-rate factors: ``factors[g]`` on the leaves of parameter group g
+    (``variables.GROUPS``), 1 elsewhere; None when every factor is 1 (the optimizer then has no
+    extra stage)."""
+    if unknown := set(factors) - set(GROUPS):
+        raise ValueError(f"unknown parameter groups {sorted(unknown)}; known: {list(GROUPS)}")
+    if all(f == 1.0 for f in factors.values()):
         return None
 
     def factor(v: nnx.Variable) -> nnx.Variable:
-        return v.replace(hat_embedding if isinstance(v, TaskEmbedding) else 1.0)
+        return v.replace(float(factors.get(group_of(v), 1.0)))
 
     return jax.tree.map(factor, trainable, is_leaf=_is_var)
+
+
+# Learning-rate factors by config key, and the parameter groups each one scales.
+LR_SCALE_KEYS: dict[str, tuple[str, ...]] = {
+    "hat.embedding_lr_scale": ("hat_embeddings",),
+    "train.ksm_lr_scale": ("ksm", "capsules"),
+}
+
+
+def lr_factors(cfg: ExperimentConfig) -> dict[str, float]:
+    """The per-group factors the config's ``LR_SCALE_KEYS`` ask for (a method without a group
+    refuses a factor other than 1 for it when the config is built, ``config.check_method_keys``)."""
+    out: dict[str, float] = {}
+    for key, groups in LR_SCALE_KEYS.items():
+        section, leaf = key.split(".")
+        out.update(dict.fromkeys(groups, float(getattr(getattr(cfg, section), leaf))))
+    return out
 
 
 def scale_leaves(factors: nnx.State) -> optax.GradientTransformation:
