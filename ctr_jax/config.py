@@ -42,11 +42,28 @@ UNFINGERPRINTED = (
     "train.keep_checkpoints",
 )
 
+# Benchmarks whose data depend on data.seed (DSC small's 200-review subsets, the 20News split);
+# data.max_train_examples's subsample does too, on any benchmark.
+SEEDED_DATA_BENCHMARKS = ("dsc_small", "20news")
+
+
+def data_seed_used(benchmark: str, max_train_examples: int | None) -> bool:
+    """Whether data.seed changes a run's data (else any value gives the same examples)."""
+    return benchmark in SEEDED_DATA_BENCHMARKS or max_train_examples is not None
+
+
+def _legacy_data_seed(saved: dict[str, Any]) -> int:
+    data = saved.get("data", {})
+    used = data_seed_used(data.get("benchmark", "asc"), data.get("max_train_examples"))
+    return int(saved.get("seed", 0)) if used else 0
+
+
 # Keys added after run folders were made, whose default is not what those runs did: a saved
-# config.json that lacks one of them ran with this value, not with today's default (resume,
-# analysis and the report read it so). model.pooling: before the key existed the heads read
-# BERT's pooler; its default is "auto" now.
-LEGACY_VALUES: dict[str, Any] = {"model.pooling": "pooler"}
+# config.json that lacks one of them ran with this value (or the value this function of the
+# saved config gives), not with today's default; resume, analysis and the report read it so.
+# model.pooling: before the key existed the heads read BERT's pooler; its default is "auto" now.
+# data.seed: before it existed the run's seed picked the data where data.seed now does.
+LEGACY_VALUES: dict[str, Any] = {"model.pooling": "pooler", "data.seed": _legacy_data_seed}
 
 
 def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:
@@ -59,7 +76,7 @@ def with_legacy_values(saved: dict[str, Any]) -> dict[str, Any]:
         for part in parents:
             node = node.get(part) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf not in node:
-            node[leaf] = value
+            node[leaf] = value(saved) if callable(value) else value
     return out
 
 
@@ -75,8 +92,13 @@ class DataConfig:
     num_tasks: int | None = None
     # For benchmark "custom": the task folder names in learning order (None = sorted folder names).
     custom_tasks: tuple[str, ...] | None = None
-    # Keep at most this many training examples per task (a seeded random subset). None = all.
+    # Keep at most this many training examples per task (a random subset by data.seed). None = all.
     max_train_examples: int | None = None
+    # The data seed: DSC small's 200-review subsets, the 20News split and the max_train_examples
+    # subsample (the original's data_seed, 0 in the paper's runs, spec §5.6). Apart from the
+    # run's `seed` (weights, dropout, batch order, router noise), so a seed sweep trains every
+    # seed on the same examples. Until 2026-12-04 the run's seed picked these too.
+    seed: int = 0
     # Wordpieces per example including [CLS]/[SEP] (spec §7).
     max_len: int = 128
 
@@ -226,6 +248,7 @@ def _above(lo: float) -> tuple[typing.Callable[[Any], bool], str]:
 RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.num_tasks": _at_least(1),
     "data.max_train_examples": _at_least(1),
+    "data.seed": _at_least(0),
     "model.tsm_width": _at_least(1),
     "model.capsule_hidden": _at_least(1),
     "model.capsule_dim": _at_least(1),
@@ -314,6 +337,12 @@ class ExperimentConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.runs_dir) / self.name
+
+    @property
+    def data_seed(self) -> int | None:
+        """data.seed where it changes the run's data (``data_seed_used``), else None."""
+        used = data_seed_used(self.data.benchmark, self.data.max_train_examples)
+        return self.data.seed if used else None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

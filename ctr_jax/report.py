@@ -18,10 +18,10 @@ config.json), and writes to --out:
                                per method (mean over its runs), all methods in one figure
     paired.csv (and a section of results.md)
                                --ref's method (CTR by default) against every other method over
-                               the runs they share: the same task sequence, order, seed, epochs
-                               and --by values. Orders and seeds move every method alike, so
-                               the per-pair differences separate methods that the pooled
-                               mean +- std cannot.
+                               the runs they share: the same task sequence, order, seed, data
+                               seed, epochs and --by values. Orders and seeds move every
+                               method alike, so the per-pair differences separate methods
+                               that the pooled mean +- std cannot.
 
 Only runs that learned every task enter the table and curves; unfinished ones are listed under
 the table. MTL has no forgetting (one joint phase), so its FR and max drop print as "-".
@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctr_jax.config import ExperimentConfig, with_legacy_values
+from ctr_jax.config import ExperimentConfig, data_seed_used, with_legacy_values
 from ctr_jax.data.benchmarks import task_order
 from ctr_jax.methods import METHODS
 from ctr_jax.metrics import RESULTS_FILE, max_drop, read_results
@@ -150,6 +150,15 @@ def _variant_value(run: dict, config_file: Path, key: str) -> object:
     return value
 
 
+def _legacy_data_seed(run: dict, config_file: Path) -> int | None:
+    """results.json's "data_seed" for a run made before it was written: the seed where the
+    data depended on it (DSC small, 20News, a max_train_examples subsample), else None."""
+    max_train = None
+    if config_file.exists():
+        max_train = _config_value(config_file, "data.max_train_examples")
+    return run.get("seed") if data_seed_used(run["benchmark"], max_train) else None
+
+
 def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:
     """read_results of each file plus "path", "name", "complete" (every task learned) and
     "variant": "key=value" of each --by key, comma-joined ("" without --by); a key in
@@ -168,6 +177,8 @@ def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:
         r["complete"] = r["summary"].get("tasks_learned") == len(r["tasks"])
         cfg_file = f.parent / "config.json"
         r["variant"] = ", ".join(f"{k}={_variant_value(r, cfg_file, k)}" for k in by)
+        if "data_seed" not in r:  # a run from before data.seed: its seed picked its data
+            r["data_seed"] = _legacy_data_seed(r, cfg_file)
         runs.append(r)
     return runs
 
@@ -222,10 +233,10 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
 
 
 def _pair_key(r: dict) -> tuple:
-    """What two runs must share to be compared pairwise: the task sequence, order, seed, epochs
-    setting and --by variant."""
+    """What two runs must share to be compared pairwise: the task sequence, order, seed, data
+    seed (where it changes the data), epochs setting and --by variant."""
     return (r["benchmark"], tuple(r["tasks"]), r.get("order"), r.get("seed"),
-            json.dumps(r.get("epochs")), r.get("variant", ""))  # fmt: skip
+            r.get("data_seed"), json.dumps(r.get("epochs")), r.get("variant", ""))  # fmt: skip
 
 
 def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
@@ -311,10 +322,11 @@ def paired_markdown(rows: Sequence[dict]) -> str:
                                    for r in amb) + ".\n")  # fmt: skip
     if out:
         out.append(
-            "A pair is two complete runs on the same task sequence, order, seed and epochs (and "
-            "--by values). Differences in % points, mean ± sample std over the pairs; a positive "
-            "Acc / MF1 difference means the reference is higher, a negative FR difference that "
-            "it forgets less. Ahead / level / behind compare each pair at two decimals."
+            "A pair is two complete runs on the same task sequence, order, seed, data seed (DSC "
+            "small, 20News) and epochs (and --by values). Differences in % points, mean ± sample "
+            "std over the pairs; a positive Acc / MF1 difference means the reference is higher, "
+            "a negative FR difference that it forgets less. Ahead / level / behind compare each "
+            "pair at two decimals."
         )
     return "\n".join(out) + "\n" if out else ""
 

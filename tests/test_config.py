@@ -99,6 +99,58 @@ def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_pa
         loop._check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
 
 
+@pytest.mark.parametrize(
+    "benchmark, max_train, seed, expect",
+    [
+        ("dsc_small", None, 2, 2),  # its 200-review subsets followed the run's seed
+        ("20news", None, 1, 1),  # and so did the 20News split
+        ("asc", 64, 3, 3),  # and a max_train_examples subsample
+        ("asc", None, 3, 0),  # ASC's data never depended on it: any value, so the default
+        ("dsc_full", None, 4, 0),
+    ],
+)
+def test_a_run_from_before_data_seed_read_its_data_by_its_seed(benchmark, max_train, seed, expect):
+    from ctr_jax.config import with_legacy_values
+
+    saved = ExperimentConfig().to_dict()
+    saved["seed"], saved["data"]["benchmark"] = seed, benchmark
+    saved["data"]["max_train_examples"] = max_train
+    del saved["data"]["seed"]
+    assert with_legacy_values(saved)["data"]["seed"] == expect
+    saved["data"]["seed"] = 5  # a run that has the key keeps its value
+    assert with_legacy_values(saved)["data"]["seed"] == 5
+
+
+def test_data_seed_is_recorded_only_where_it_changes_the_data():
+    assert ExperimentConfig().data_seed is None  # ASC: every data.seed gives the same examples
+    dsc = load_config(CONFIGS[0].parent / "dsc_small_ctr.yaml", ["seed=3"])
+    assert dsc.data_seed == 0  # the run's seed no longer picks the data
+    assert load_config(None, ["data.seed=2", "data.max_train_examples=10"]).data_seed == 2
+
+
+def test_a_dsc_run_folder_from_before_data_seed_resumes_only_with_its_data(tmp_path):
+    """A seed-1 DSC-small run made before data.seed trained on seed 1's subset: resuming it
+    with today's default (data.seed 0) would switch subsets mid-run, so it is refused naming
+    the key; with data.seed=1 it resumes. An ASC run of seed 1 resumes as it is."""
+    import json
+
+    from ctr_jax.training import loop
+
+    for benchmark, refused in (("dsc_small", True), ("asc", False)):
+        base = [f"runs_dir={tmp_path}", f"name=old_{benchmark}", f"data.benchmark={benchmark}"]
+        cfg = load_config(None, [*base, "seed=1"])
+        saved = cfg.to_dict()
+        del saved["data"]["seed"]
+        cfg.run_dir.mkdir(parents=True)
+        (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "0", "config": saved}))
+        if refused:
+            with pytest.raises(ConfigError, match=r"data\.seed"):
+                loop._check_run_dir(cfg)
+            loop._check_run_dir(load_config(None, [*base, "seed=1", "data.seed=1"]))
+        else:
+            loop._check_run_dir(cfg)
+
+
 # ------------------------------------------------------------------- value ranges
 
 
@@ -121,6 +173,7 @@ def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_pa
         ("hat.s_max=0.5", "hat.s_max: must be >= 1"),
         ("hat.reg_weight=-1", "hat.reg_weight: must be >= 0"),
         ("train.ksm_lr_scale=-2", "train.ksm_lr_scale: must be >= 0"),
+        ("data.seed=-1", "data.seed: must be >= 0"),
         ("data.num_tasks=0", "data.num_tasks: must be >= 1"),
         ("parallel.num_devices=0", "parallel.num_devices: must be >= 1"),
     ],

@@ -281,6 +281,23 @@ def test_dsc_small_counts_and_subset(data_root):
 
 
 @pytest.mark.data
+def test_a_seed_sweep_trains_every_seed_on_the_same_subset(data_root):
+    """The run's seed no longer picks DSC small's 200 reviews or the 20News split; data.seed
+    does (the original's data_seed, 0 in the paper's runs)."""
+    from ctr_jax.config import load_config
+    from ctr_jax.training.loop import load_tasks
+
+    for bench in ("dsc_small", "20news"):
+        base = [f"data.root={data_root}", f"data.benchmark={bench}", "data.num_tasks=1"]
+        train = {
+            k: load_tasks(load_config(None, [*base, *k]))[0].train
+            for k in ((), ("seed=1",), ("seed=1", "data.seed=1"))
+        }
+        assert train[("seed=1",)] == train[()], bench
+        assert train[("seed=1", "data.seed=1")] != train[()], bench
+
+
+@pytest.mark.data
 def test_news_counts(data_root):
     tasks = load_benchmark("20news", data_root)
     groups = list(NEWS_BYDATE)

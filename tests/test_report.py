@@ -13,14 +13,23 @@ from ctr_jax.metrics import write_results
 NAN = np.nan
 
 
+_UNSET = object()
+
+
 def _run(
-    root, name, method, acc, mf1=None, benchmark="asc", order=0, protocol="sequential", seed=0
-):
+    root, name, method, acc, mf1=None, benchmark="asc", order=0, protocol="sequential", seed=0,
+    data_seed=_UNSET,
+):  # fmt: skip
+    """A hand-made run folder; without `data_seed` its results.json is of the kind written
+    before "data_seed" was recorded."""
     acc = np.array(acc, dtype=np.float64)
+    extra = {"protocol": protocol, "name": name}
+    if data_seed is not _UNSET:
+        extra["data_seed"] = data_seed
     write_results(
         root / name, method=method, benchmark=benchmark, order=order, seed=seed, backbone="tiny",
         tasks=[f"t{i}" for i in range(len(acc))], acc=acc,
-        mf1=acc - 0.1 if mf1 is None else np.array(mf1), extra={"protocol": protocol, "name": name},
+        mf1=acc - 0.1 if mf1 is None else np.array(mf1), extra=extra,
     )  # fmt: skip
 
 
@@ -134,6 +143,30 @@ def test_paired_comparison_by_hand(runs, tmp_path):
     with pytest.raises(report.ReportError, match="--ref 'ctrr' is not a method"):
         report.write_report([runs], out, ref="ctrr")
     assert report.main([str(runs), "--out", str(out), "--no-plots", "--ref", "none"]) == 0
+
+
+def test_runs_on_different_data_never_pair(tmp_path):
+    """DSC small's 200-review subsets follow data.seed: runs of one seed on different subsets
+    are no pair. A run made before results.json recorded "data_seed" read its data with its
+    seed, so it pairs with a new run of data seed = its seed, not with one of data seed 0."""
+    root = tmp_path / "runs"
+    kw = {"benchmark": "dsc_small", "seed": 1}
+    _run(root, "ctr_new", "ctr", [[0.8, NAN], [0.8, 0.8]], **kw, data_seed=0)
+    _run(root, "hat_new", "hat", [[0.7, NAN], [0.7, 0.7]], **kw, data_seed=0)
+    _run(root, "ctr_old", "ctr", [[0.9, NAN], [0.9, 0.9]], **kw)  # data seed 1, as its seed
+    _run(root, "hat_d1", "hat", [[0.6, NAN], [0.6, 0.6]], **kw, data_seed=1)
+    _run(root, "ncl_d0", "ncl", [[0.6, NAN], [0.6, 0.6]], **kw, data_seed=0)
+    pairs = {r["method"]: r for r in report.paired(report.load_runs(report.find_results([root])))}
+    # HAT: (ctr_new, hat_new) on data seed 0 (+10) and (ctr_old, hat_d1) on data seed 1 (+30).
+    assert pairs["hat"]["pairs"] == 2 and pairs["hat"]["ambiguous"] == 0
+    assert pairs["hat"]["d_acc_mean"] == pytest.approx(20.0)
+    assert pairs["ncl"]["pairs"] == 1 and pairs["ncl"]["d_acc_mean"] == pytest.approx(20.0)
+    # On ASC the data never depended on a seed: an old run pairs with a new one.
+    _run(root, "asc_ctr_old", "ctr", [[0.9, NAN], [0.9, 0.9]], seed=1)
+    _run(root, "asc_hat_new", "hat", [[0.8, NAN], [0.8, 0.8]], seed=1, data_seed=None)
+    asc = [r for r in report.paired(report.load_runs(report.find_results([root])))
+           if r["benchmark"] == "asc"]  # fmt: skip
+    assert len(asc) == 1 and asc[0]["pairs"] == 1
 
 
 def test_runs_over_different_task_counts_never_share_a_row(runs, tmp_path):

@@ -103,14 +103,18 @@ def load_tasks(cfg: ExperimentConfig) -> list[Task]:
             tasks = tasks[: cfg.data.num_tasks]
     else:
         tasks = load_benchmark(
-            cfg.data.benchmark, root, cfg.data.order, num_tasks=cfg.data.num_tasks, seed=cfg.seed
+            cfg.data.benchmark,
+            root,
+            cfg.data.order,
+            num_tasks=cfg.data.num_tasks,
+            seed=cfg.data.seed,
         )
     if (k := cfg.data.max_train_examples) is not None:
         out = []
         for i, task in enumerate(tasks):
             if len(task.train) > k:
                 keep = np.sort(
-                    np.random.default_rng([cfg.seed, i]).permutation(len(task.train))[:k]
+                    np.random.default_rng([cfg.data.seed, i]).permutation(len(task.train))[:k]
                 )
                 task = dataclasses.replace(task, train=tuple(task.train[j] for j in keep))
             out.append(task)
@@ -603,6 +607,7 @@ def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone, pool
             "epochs": cfg.train.epochs,
             "name": cfg.name,
             "pooling": pooling,  # what the heads read, model.pooling="auto" resolved
+            "data_seed": cfg.data_seed,  # None where data.seed changes nothing
         },
     )
 
