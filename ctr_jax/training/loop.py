@@ -546,7 +546,7 @@ def _resource_usage(seconds: float) -> dict[str, float | None]:
     stats = jax.local_devices()[0].memory_stats() or {}  # None on CPU
     device = stats.get("peak_bytes_in_use")
     return {
-        "seconds": round(seconds, 1),
+        "seconds": round(seconds, 3),  # a tiny task with its steps compiled takes < 0.05 s
         "peak_rss_mb": None if (rss := peak_rss_mb()) is None else round(rss, 1),
         "device_peak_mb": None if device is None else round(device / 2**20, 1),
     }
