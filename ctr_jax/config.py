@@ -193,6 +193,13 @@ class TrainConfig:
     # (docs/FINDINGS.md, "Capsule depth" and "DSC small"); a factor > 1 lets it grow faster.
     # Applied after Adam, before the protection, so frozen capsule rows stay frozen.
     ksm_lr_scale: float = 1.0
+    # Model selection: the epoch of each task whose weights are kept. "loss": the lowest dev
+    # loss (CE + lambda R at s_max), the paper's and the original's rule (spec §5.4). "acc": the
+    # highest dev accuracy, ties to the lower dev loss; an ablation: an unprotected adapter
+    # (NCL, ONE) on DSC small's 200 reviews overfits within 1-2 epochs, its dev loss rises from
+    # there while its dev accuracy still climbs, so "loss" keeps a near-untrained epoch
+    # (docs/FINDINGS.md, "DSC small").
+    select_by: Literal["loss", "acc"] = "loss"
     # Task checkpoints kept in the run folder: the newest N (null = all). A resume needs only
     # the newest; ``ctr_jax.drift`` compares any two kept ones, so keep all to trace what
     # moved an earlier task at every step (each is the trainable state: 67 MB for B-CL on

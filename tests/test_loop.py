@@ -205,3 +205,83 @@ def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
 def test_keep_checkpoints_below_one_is_refused_by_name(world, bad):
     with pytest.raises(ConfigError, match="train.keep_checkpoints"):
         loop.run(_cfg(world, f"keep{bad}", f"train.keep_checkpoints={bad}"))
+
+
+def _records(run_dir, kind):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == kind]
+
+
+def _expected_selection(epochs, by):
+    """The epoch model selection must keep, by the rule written out here (not the loop's)."""
+    if by == "loss":
+        best = min(r["dev_loss"] for r in epochs)
+        return next(r["epoch"] for r in epochs if r["dev_loss"] == best)
+    top = max(r["dev_acc"] for r in epochs)
+    tied = [r for r in epochs if r["dev_acc"] == top]
+    low = min(r["dev_loss"] for r in tied)
+    return next(r["epoch"] for r in tied if r["dev_loss"] == low)
+
+
+def test_selection_key_orders_epochs_by_the_chosen_score():
+    # (dev loss, dev acc) per epoch: the loss is lowest at epoch 0, the accuracy highest at
+    # epochs 1 and 2, where epoch 2 has the lower loss.
+    scores = [(0.60, 0.55), (0.70, 0.70), (0.65, 0.70), (0.90, 0.60)]
+
+    def kept(by):
+        keys = [loop.selection_key(by, loss, acc) for loss, acc in scores]
+        return min(range(len(keys)), key=lambda i: (keys[i], i))
+
+    assert kept("loss") == 0 and kept("acc") == 2
+    with pytest.raises(ValueError, match="train.select_by"):
+        loop.selection_key("f1", 0.5, 0.5)
+
+
+def test_the_run_records_the_epoch_it_kept_by_dev_loss(full_run):
+    epochs, select = _records(full_run.run_dir, "epoch"), _records(full_run.run_dir, "select")
+    assert [r["task"] for r in select] == [0, 1]
+    for s in select:
+        assert s["by"] == "loss"
+        assert s["epoch"] == _expected_selection(
+            [r for r in epochs if r["task"] == s["task"]], "loss"
+        )
+
+
+def test_select_by_acc_keeps_the_epoch_of_the_highest_dev_accuracy(world, monkeypatch):
+    """The loop keeps, and checkpoints, the weights of the epoch the rule picks. The dev scores
+    are scripted so that the two rules disagree (the lowest loss at epoch 0, the highest
+    accuracy at epochs 1 and 2, epoch 2 with the lower loss); each epoch's weights are summed
+    as they are scored, to tell which epoch's weights the run kept."""
+    scripted = [(0.60, 0.50), (0.70, 0.75), (0.65, 0.75), (0.90, 0.625)]
+    sums = []
+
+    def scripted_dev_scores(ctx, trainable, encoded, phase):
+        sums.append(
+            sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(trainable))
+        )
+        return scripted[len(sums) - 1]
+
+    monkeypatch.setattr(loop, "_dev_scores", scripted_dev_scores)
+    cfg = _cfg(world, "select_acc", "method=ncl", "train.select_by=acc", "train.epochs=4",
+               "data.num_tasks=1")  # fmt: skip
+    loop.run(cfg)
+    epochs, select = _records(cfg.run_dir, "epoch"), _records(cfg.run_dir, "select")
+    assert len(epochs) == 4 and len(select) == 1 and select[0]["by"] == "acc"
+    assert select[0]["epoch"] == _expected_selection(epochs, "acc") == 2
+    assert (select[0]["dev_loss"], select[0]["dev_acc"]) == scripted[2]
+    kept = loop.load_trained(cfg.run_dir).trainable
+    kept_sum = sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(kept))
+    assert len(set(sums)) == 4  # every epoch moved the weights
+    assert kept_sum == sums[2]
+
+
+def test_an_unknown_selection_rule_is_refused_by_name(world):
+    with pytest.raises(ConfigError, match="train.select_by"):
+        _cfg(world, "select_bad", "train.select_by=f1")
+
+
+def test_a_task_whose_dev_loss_is_never_a_number_stops_the_run_by_name(world, monkeypatch):
+    monkeypatch.setattr(loop, "_dev_scores", lambda *_: (float("nan"), 0.5))
+    cfg = _cfg(world, "select_nan", "method=ncl", "train.epochs=1", "data.num_tasks=1")
+    with pytest.raises(FloatingPointError, match="synthetic0: the dev loss was not a number"):
+        loop.run(cfg)

@@ -4,7 +4,8 @@ For each task t of the stream (Mammoth/Avalanche vocabulary, as plain functions)
 
     begin_task   fresh optimizer state
     train        epochs of protected updates; HAT's s ramps 1/s_max -> s_max within each epoch
-    select       after every epoch, dev loss (CE + lambda R at s_max); keep the best epoch
+    select       after every epoch, dev loss (CE + lambda R at s_max; or dev accuracy with
+                 train.select_by=acc); keep the best epoch
     end_task     restore the best epoch; accumulate HAT masks; test every task u <= t (row t of
                  the accuracy and macro-F1 matrices); checkpoint; write results.json
 
@@ -629,6 +630,17 @@ class _TaskContext:
     task_names: list[str]
 
 
+def selection_key(select_by: str, dev_loss: float, dev_acc: float) -> tuple[float, ...]:
+    """Model selection's order of an epoch's dev scores: the smallest key is kept, the
+    earliest epoch among equal keys. "loss": the dev loss alone (spec §5.4); "acc": the
+    highest dev accuracy, then the lowest dev loss."""
+    if select_by == "loss":
+        return (dev_loss,)
+    if select_by == "acc":
+        return (-dev_acc, dev_loss)
+    raise ValueError(f"train.select_by: 'loss' or 'acc', got {select_by!r}")
+
+
 def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     """Trains on the tasks of `phase` (one task, or all for MTL) with model selection.
 
@@ -656,7 +668,7 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     tid = jnp.int32(t)
     s_max = cfg.hat.s_max
     reg_weight = cfg.hat.reg_weight if method.hat else 0.0
-    best, best_loss, best_epoch = None, math.inf, -1
+    best, best_key, best_epoch, best_scores = None, (math.inf,), -1, (math.nan, math.nan)
     g_step = 0
     for epoch in range(epochs):
         rng = np.random.default_rng([cfg.seed, key_index, epoch])
@@ -703,11 +715,19 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
             "epoch", task=t, epoch=epoch, loss=sums["loss"] / n, train_acc=sums["correct"] / n,
             dev_loss=dev_loss, dev_acc=dev_acc, examples_per_s=sums["n"] / dt,
         )  # fmt: skip
-        if dev_loss < best_loss:
-            best_loss, best_epoch = dev_loss, epoch
+        key = selection_key(cfg.train.select_by, dev_loss, dev_acc)
+        if key < best_key:
+            best_key, best_epoch, best_scores = key, epoch, (dev_loss, dev_acc)
             best = jax.tree.map(jnp.copy, trainable)  # the step donates `trainable`
-    log.info("task %d/%d %s: best epoch %d (dev loss %.4f)", t + 1, T, name, best_epoch + 1,
-             best_loss)  # fmt: skip
+    if best is None:  # NaN < x is False: every epoch's dev loss was NaN
+        raise FloatingPointError(
+            f"task {t + 1}/{T} {name}: the dev loss was not a number after every epoch "
+            "(training diverged); try a lower train.lr"
+        )
+    log.info("task %d/%d %s: best epoch %d by dev %s (dev loss %.4f, acc %.3f)", t + 1, T, name,
+             best_epoch + 1, cfg.train.select_by, *best_scores)  # fmt: skip
+    ctx.writer.write("select", task=t, epoch=best_epoch, by=cfg.train.select_by,
+                     dev_loss=best_scores[0], dev_acc=best_scores[1])  # fmt: skip
     if not method.hat:
         return best, masks
     g1, g2 = ctx.gates(best, ctx.frozen, tid)
