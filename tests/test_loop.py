@@ -247,6 +247,10 @@ def test_the_run_records_the_epoch_it_kept_by_dev_loss(full_run):
         )
 
 
+def _weight_sum(tree) -> float:
+    return sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(tree))
+
+
 def test_select_by_acc_keeps_the_epoch_of_the_highest_dev_accuracy(world, monkeypatch):
     """The loop keeps, and checkpoints, the weights of the epoch the rule picks. The dev scores
     are scripted so that the two rules disagree (the lowest loss at epoch 0, the highest
@@ -256,9 +260,7 @@ def test_select_by_acc_keeps_the_epoch_of_the_highest_dev_accuracy(world, monkey
     sums = []
 
     def scripted_dev_scores(ctx, trainable, encoded, phase):
-        sums.append(
-            sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(trainable))
-        )
+        sums.append(_weight_sum(trainable))
         return scripted[len(sums) - 1]
 
     monkeypatch.setattr(loop, "_dev_scores", scripted_dev_scores)
@@ -269,10 +271,8 @@ def test_select_by_acc_keeps_the_epoch_of_the_highest_dev_accuracy(world, monkey
     assert len(epochs) == 4 and len(select) == 1 and select[0]["by"] == "acc"
     assert select[0]["epoch"] == _expected_selection(epochs, "acc") == 2
     assert (select[0]["dev_loss"], select[0]["dev_acc"]) == scripted[2]
-    kept = loop.load_trained(cfg.run_dir).trainable
-    kept_sum = sum(float(np.sum(np.asarray(x, np.float64))) for x in jax.tree.leaves(kept))
     assert len(set(sums)) == 4  # every epoch moved the weights
-    assert kept_sum == sums[2]
+    assert _weight_sum(loop.load_trained(cfg.run_dir).trainable) == sums[2]
 
 
 def test_an_unknown_selection_rule_is_refused_by_name(world):
