@@ -304,21 +304,32 @@ def check_ranges(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: must be {need}, got {_to_plain(value)!r}")
 
 
+# Learning-rate factors (default 1: no scaling) of a module some methods lack:
+# key -> (whether a method has the module, what the module is).
+METHOD_MODULE_KEYS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "train.ksm_lr_scale": (lambda m: m.ksm is not None, "knowledge-sharing module"),
+    "hat.embedding_lr_scale": (lambda m: bool(m.hat), "HAT gates"),
+}
+
+
+def key_applies(method: str, key: str) -> bool:
+    """False for a dotted config key that scales a module `method` lacks (its value has nothing
+    to act on), True for every other key."""
+    if key not in METHOD_MODULE_KEYS or method not in METHODS:
+        return True
+    has, _ = METHOD_MODULE_KEYS[key]
+    return has(METHODS[method])
+
+
 def check_method_keys(cfg: ExperimentConfig) -> None:
     """Raises ConfigError for a key set away from its default that the config's method has
     nothing to apply to (a learning-rate factor for a module it lacks), instead of a run that
     silently ignores it."""
-    method = METHODS[cfg.method]
-    unused = {  # key: (value, the method lacks what it scales, what that is)
-        "train.ksm_lr_scale": (
-            cfg.train.ksm_lr_scale,
-            method.ksm is None,
-            "knowledge-sharing module",
-        ),
-        "hat.embedding_lr_scale": (cfg.hat.embedding_lr_scale, not method.hat, "HAT gates"),
-    }
-    for key, (value, lacks, what) in unused.items():
-        if lacks and value != 1.0:
+    for key, (_, what) in METHOD_MODULE_KEYS.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not key_applies(cfg.method, key) and value != 1.0:
             raise ConfigError(f"{key}: method {cfg.method!r} has no {what} to scale, got {value!r}")
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctr_jax.config import ExperimentConfig, data_seed_used, with_legacy_values
+from ctr_jax.config import ExperimentConfig, data_seed_used, key_applies, with_legacy_values
 from ctr_jax.data.benchmarks import task_order
 from ctr_jax.methods import METHODS
 from ctr_jax.metrics import RESULTS_FILE, max_drop, read_results
@@ -351,8 +351,14 @@ def _fmt(mean: float, std: float) -> str:
 
 
 def _label(method: str, variant: str = "") -> str:
+    """ "CTR (train.lr=0.001)": the method's name and its --by values, less those of keys that
+    scale a module the method lacks (HAT has no knowledge-sharing module: its run shares
+    ksm_lr_scale's default row, and pairs with CTR's at that value, but is not labelled by it)."""
     label = METHODS[method].label if method in METHODS else method
-    return f"{label} ({variant})" if variant else label
+    shown = ", ".join(
+        part for part in variant.split(", ") if part and key_applies(method, part.split("=")[0])
+    )
+    return f"{label} ({shown})" if shown else label
 
 
 def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:

@@ -313,6 +313,34 @@ def test_by_pooling_shows_what_auto_resolved_to(runs, tmp_path):
     assert len(ctr) == 1 and ctr[0]["runs"] == 2
 
 
+def test_by_a_key_the_method_lacks_is_not_in_its_label(runs, tmp_path):
+    # MTL's adapter has no knowledge-sharing module: under --by train.ksm_lr_scale its row is
+    # labelled "MTL", not "MTL (train.ksm_lr_scale=1.0)", yet keeps the value in the CSV and
+    # pairs with CTR's runs at that value.
+    scale = {"ctr_o0": 1.0, "ctr_o1": 10.0, "mtl": 1.0, "ncl_half": 1.0}
+    for name, s in scale.items():
+        (runs / name / "config.json").write_text(
+            json.dumps({"fingerprint": "x", "config": {"train": {"ksm_lr_scale": s}}})
+        )
+    out = tmp_path / "out"
+    report.write_report([runs], out, by=["train.ksm_lr_scale"])
+    md = (out / "results.md").read_text()
+    assert "| CTR (train.ksm_lr_scale=1.0) | 2 of 19 | 1 | 85.00 |" in md
+    assert "| CTR (train.ksm_lr_scale=10.0) | 2 of 19 | 1 | 75.00 |" in md
+    assert "| MTL | 2 of 19 | 1 | 90.00 |" in md
+    assert "MTL (train" not in md
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert ("mtl", "train.ksm_lr_scale=1.0") in [(r["method"], r["variant"]) for r in rows]
+    paired = report.paired(report.load_runs(report.find_results([runs]), ["train.ksm_lr_scale"]))
+    assert [(r["method"], r["variant"], r["pairs"]) for r in paired] == [
+        ("mtl", "train.ksm_lr_scale=1.0", 1)
+    ]
+    # Other keys, and keys of a module the method has, stay in the label.
+    assert report._label("hat", "train.lr=0.001, train.ksm_lr_scale=1.0") == "HAT (train.lr=0.001)"
+    assert report._label("bcl", "train.ksm_lr_scale=1.0") == "B-CL (train.ksm_lr_scale=1.0)"
+    assert report._label("ctr", "train.buckets=[32, 64]") == "CTR (train.buckets=[32, 64])"
+
+
 def test_variants_sort_by_number_not_text():
     variants = ["s=10.0, d=0.02", "s=3.0, d=0.02", "s=1.0, d=1.0", "s=1.0, d=0.02", "s=1e-05"]
     assert sorted(variants, key=report._variant_key) == [
