@@ -290,12 +290,18 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 
 
+def _dotted(cfg: ExperimentConfig, key: str) -> Any:
+    """The value of dotted key `key` ("train.lr") in a built config."""
+    value: Any = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
 def check_ranges(cfg: ExperimentConfig) -> None:
     """Raises ConfigError naming the first key of ``RANGES`` whose value is out of range."""
     for key, (ok, what) in RANGES.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = _dotted(cfg, key)
         if value is None:
             continue
         items = value if isinstance(value, tuple) else (value,)
@@ -326,9 +332,7 @@ def check_method_keys(cfg: ExperimentConfig) -> None:
     nothing to apply to (a learning-rate factor for a module it lacks), instead of a run that
     silently ignores it."""
     for key, (_, what) in METHOD_MODULE_KEYS.items():
-        value: Any = cfg
-        for part in key.split("."):
-            value = getattr(value, part)
+        value = _dotted(cfg, key)
         if not key_applies(cfg.method, key) and value != 1.0:
             raise ConfigError(f"{key}: method {cfg.method!r} has no {what} to scale, got {value!r}")
 
