@@ -193,6 +193,16 @@ class TrainConfig:
     # (docs/FINDINGS.md, "Capsule depth" and "DSC small"); a factor > 1 lets it grow faster.
     # Applied after Adam, before the protection, so frozen capsule rows stay frozen.
     ksm_lr_scale: float = 1.0
+    # What of the knowledge-sharing module (CTR, B-CL) later tasks may update. "none": the
+    # original code's rule (spec §10.6): task t trains capsule rows k <= t and every shared
+    # weight of the module (routing matrices, similarity CNN, router, output projection), so
+    # what the module gives an earlier task drifts. "past": earlier tasks' capsules and their
+    # routing-matrix rows are frozen (task t trains row t only); the shared CNN, router and
+    # projection still train. "full": "past", and the shared weights train on the first task
+    # only, so the module's output for an earlier task cannot change (its input still can,
+    # through the LayerNorms and partly-open HAT gates). An ablation: where CTR loses to HAT on
+    # ASC, zeroing the module's output recovers it (docs/FINDINGS.md).
+    ksm_protect: Literal["none", "past", "full"] = "none"
     # Model selection: the epoch of each task whose weights are kept. "loss": the lowest dev
     # loss (CE + lambda R at s_max), the paper's and the original's rule (spec §5.4). "acc": the
     # highest dev accuracy, ties to the lower dev loss; an ablation: an unprotected adapter
@@ -310,12 +320,21 @@ def check_ranges(cfg: ExperimentConfig) -> None:
             raise ConfigError(f"{key}: must be {need}, got {_to_plain(value)!r}")
 
 
-# Learning-rate factors (default 1: no scaling) of a module some methods lack:
-# key -> (whether a method has the module, what the module is).
+# Settings of a module some methods lack (learning-rate factors, protection rules): key ->
+# (whether a method has the module, what the module is). A method without the module must keep
+# the key's default.
 METHOD_MODULE_KEYS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.ksm_lr_scale": (lambda m: m.ksm is not None, "knowledge-sharing module"),
+    "train.ksm_protect": (lambda m: m.ksm is not None, "knowledge-sharing module"),
     "hat.embedding_lr_scale": (lambda m: bool(m.hat), "HAT gates"),
 }
+
+
+def _default(key: str) -> Any:
+    """The dataclass default of dotted config key `key` ("train.lr")."""
+    section, leaf = key.split(".")
+    field = {f.name: f for f in dataclasses.fields(ExperimentConfig)}[section]
+    return getattr(field.default_factory(), leaf)
 
 
 def key_applies(method: str, key: str) -> bool:
@@ -329,12 +348,12 @@ def key_applies(method: str, key: str) -> bool:
 
 def check_method_keys(cfg: ExperimentConfig) -> None:
     """Raises ConfigError for a key set away from its default that the config's method has
-    nothing to apply to (a learning-rate factor for a module it lacks), instead of a run that
-    silently ignores it."""
+    nothing to apply to (a learning-rate factor or protection rule for a module it lacks),
+    instead of a run that silently ignores it."""
     for key, (_, what) in METHOD_MODULE_KEYS.items():
         value = _dotted(cfg, key)
-        if not key_applies(cfg.method, key) and value != 1.0:
-            raise ConfigError(f"{key}: method {cfg.method!r} has no {what} to scale, got {value!r}")
+        if not key_applies(cfg.method, key) and value != _default(key):
+            raise ConfigError(f"{key}: method {cfg.method!r} has no {what}, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)

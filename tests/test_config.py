@@ -189,16 +189,24 @@ def test_out_of_range_values_name_the_key_and_the_file(override, message):
         ("asc_hat.yaml", "train.ksm_lr_scale=10", "knowledge-sharing module", "asc_bcl.yaml"),
         ("asc_mtl.yaml", "train.ksm_lr_scale=0.5", "knowledge-sharing module", "asc_ctr.yaml"),
         ("asc_ncl.yaml", "hat.embedding_lr_scale=10", "HAT gates", "asc_hat.yaml"),
+        ("asc_hat.yaml", "train.ksm_protect=full", "knowledge-sharing module", "asc_ctr.yaml"),
+        ("asc_one.yaml", "train.ksm_protect=past", "knowledge-sharing module", "asc_bcl.yaml"),
     ],
 )
-def test_a_factor_for_a_module_the_method_lacks_is_refused(config, override, lacks, has):
+def test_a_setting_for_a_module_the_method_lacks_is_refused(config, override, lacks, has):
     key, method = override.split("=")[0], config[len("asc_") : -len(".yaml")]
-    message = f"{config}: {key}: method '{method}' has no {lacks} to scale"
+    message = f"{config}: {key}: method '{method}' has no {lacks}"
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(CONFIGS[0].parent / config, [override])
-    # A method that has the module takes it; the default (1) is fine for every method.
+    # A method that has the module takes it; the key's default is fine for every method.
     assert load_config(CONFIGS[0].parent / has, [override]).method == has[4:-5]
-    load_config(CONFIGS[0].parent / config, [f"{key}=1"])
+    default = "none" if key == "train.ksm_protect" else "1"
+    load_config(CONFIGS[0].parent / config, [f"{key}={default}"])
+
+
+def test_an_unknown_ksm_protect_value_is_refused():
+    with pytest.raises(ConfigError, match=r"asc_ctr\.yaml: .*train\.ksm_protect"):
+        load_config(CONFIGS[0].parent / "asc_ctr.yaml", ["train.ksm_protect=all"])
 
 
 def test_range_edges_and_nulls_are_accepted():

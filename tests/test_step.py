@@ -38,7 +38,7 @@ VARIANTS = {"ctr": ("transfer", True), "bcl": ("dynamic", True), "hat": (None, T
 SHARED = {"ctr": ("route", "big_w", "sim_w", "conv_src3_w"), "bcl": ("route", "big_w"), "hat": ()}
 
 
-def _train_two_tasks(method: str, freeze_layernorms: bool = False):
+def _train_two_tasks(method: str, freeze_layernorms: bool = False, ksm_protect: str = "none"):
     """Trains task 0 then task 1 of a tiny model; returns everything the tests inspect."""
     ksm, use_hat = VARIANTS[method]
     chex.clear_trace_counter()  # the counter is per function code, shared across params
@@ -47,7 +47,9 @@ def _train_two_tasks(method: str, freeze_layernorms: bool = False):
         open_router(model)
     graphdef, trainable, frozen = step.split_model(model)
     tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable))
-    fn = step.make_train_step(graphdef, tx, HAT, freeze_layernorms=freeze_layernorms)
+    fn = step.make_train_step(
+        graphdef, tx, HAT, freeze_layernorms=freeze_layernorms, ksm_protect=ksm_protect
+    )
     train_step = jax.jit(chex.assert_max_traces(fn, n=1), donate_argnums=(0, 1))
     gates = jax.jit(lambda tr, t: step.task_masks(tr, graphdef, frozen, t, HAT.s_max))
     P, D = 4, 32
@@ -262,6 +264,75 @@ def test_ksm_lr_scale_multiplies_the_knowledge_sharing_module_only(ksm):
                 assert np.all(scaled[k][:, 2] == 0) and np.abs(scaled[k][:, 1]).min() > 0
         else:
             np.testing.assert_array_equal(scaled[k], base[k])
+
+
+def _protected_updates(trainable, task_id: int, ksm_protect: str) -> dict[str, np.ndarray]:
+    """One protected AdamW update (weight decay on) of random gradients; leaves by path."""
+    masks = hat.HatMasks.zeros(4, TINY_MODEL.tsm_width, 32)
+    scales = optim.update_scales(trainable, jnp.int32(task_id), masks, ksm_protect=ksm_protect)
+    keys = iter(jax.random.split(jax.random.key(0), 1000))
+    grads = jax.tree.map(lambda v: jax.random.normal(next(keys), v.shape), trainable)
+    tx = optim.make_optimizer(TRAIN, optim.decay_mask(trainable))
+    u, _ = tx.update(grads, tx.init(trainable), trainable, scales=scales, lr=TRAIN.lr)
+    return _leaves(u)
+
+
+@pytest.mark.parametrize("ksm_protect", ["past", "full"])
+@pytest.mark.parametrize("ksm", ["transfer", "dynamic"])
+def test_ksm_protect_freezes_earlier_rows_and_shared_weights(ksm, ksm_protect):
+    """train.ksm_protect: "past" gives task t's capsules and routing-matrix rows alone an
+    update (earlier and future rows: exactly 0, weight decay included); "full" also stops the
+    KSM's shared weights after task 0. Nothing outside the module changes."""
+    _, trainable, _ = step.split_model(tiny_model(ksm=ksm))
+    base = _protected_updates(trainable, 1, "none")
+    upd = _protected_updates(trainable, 1, ksm_protect)
+    first = _protected_updates(trainable, 0, ksm_protect)
+    tsm = {"w1", "b1", "w2", "b2", "e1", "e2"}
+    rows = {"caps_w1": 1, "caps_b1": 1, "route": 2}  # leaf -> its task axis
+    ksm_leaves = [k for k in base if k.startswith("plugins.") and k.split(".")[1] not in tsm]
+    assert {k.split(".")[1] for k in ksm_leaves} >= set(rows) | {"big_w", "big_b"}
+    for k in base:
+        name = k.split(".")[1] if k.startswith("plugins.") else None
+        if name in rows:
+            axis = rows[name]
+            assert np.all(np.delete(upd[k], 1, axis=axis) == 0), k  # rows of tasks 0 and 2
+            assert np.abs(np.take(upd[k], 1, axis=axis)).max() > 0, k
+            assert np.abs(np.take(base[k], 0, axis=axis)).max() > 0, k  # "none" moves row 0
+            assert np.abs(np.take(first[k], 0, axis=axis)).max() > 0, k
+        elif k in ksm_leaves and ksm_protect == "full":
+            assert np.all(upd[k] == 0), k
+            np.testing.assert_array_equal(first[k], _protected_updates(trainable, 0, "none")[k])
+        else:
+            np.testing.assert_array_equal(upd[k], base[k])
+    with pytest.raises(ValueError, match="ksm_protect.*'shared'"):
+        _protected_updates(trainable, 1, "shared")
+
+
+def _task0_ksm(snapshots, trainable) -> np.ndarray:
+    """Every plugin's KSM output for task 0 on a fixed input (no router noise): [P, 2, 12, 32]."""
+    graphdef, frozen = snapshots["graph"]
+    plugins = nnx.merge(graphdef, trainable, frozen).plugins
+    x = jax.random.normal(jax.random.key(7), (2, 12, 32))
+    mask = jnp.ones((2, 12)).at[1, 9:].set(0.0)
+    outs = [plugins.ksm(p, x, mask, jnp.int32(0), None, False)[0] for p in range(4)]
+    return np.stack([np.asarray(o) for o in outs])
+
+
+@pytest.mark.parametrize("two_tasks", ["bcl", "ctr"], indirect=True)
+def test_full_ksm_protection_keeps_an_earlier_tasks_ksm_output(two_tasks):
+    """train.ksm_protect=full: after task 1 the knowledge-sharing module gives task 0 bit for bit
+    the output it gave after task 0 (its capsule, routing rows and shared weights all frozen;
+    weight decay on). With the original's rule ("none") task 1 changes it."""
+    snaps_none, after_none, _ = two_tasks
+    method = snaps_none["method"]
+    change = np.abs(_task0_ksm(snaps_none, after_none) - _task0_ksm(snaps_none, snaps_none[0][0]))
+    assert change.max() > 1e-3, change.max()
+    snaps, after, _ = _train_two_tasks(method, ksm_protect="full")
+    np.testing.assert_array_equal(_task0_ksm(snaps, after), _task0_ksm(snaps, snaps[0][0]))
+    b, a = _leaves(snaps[0][0]["plugins"]), _leaves(after["plugins"])
+    moved = {k.split(".")[0] for k in b if np.any(a[k] != b[k])}
+    # Task 1 still learns: its capsule and routing rows, and the TSM with its gates.
+    assert moved == {"caps_w1", "caps_b1", "route", "w1", "b1", "w2", "b2", "e1", "e2"}
 
 
 def test_lr_scales_refuses_an_unknown_group():

@@ -248,8 +248,9 @@ class CLPlugins(nnx.Module):
         else:
             self.caps_w1 = CapsuleParam(_normal(rngs, (P, T, D, C)), **cap)
             self.caps_b1 = CapsuleParam(jnp.zeros((P, T, C)), decay=False, **cap)
-        # W_route is a raw N(0, 1) parameter in the original (spec §4).
-        self.route = PluginParam(jax.random.normal(rngs.params(), (P, N, T, C, C)))
+        # W_route is a raw N(0, 1) parameter in the original (spec §4). Shared (every task
+        # trains it), but its axis 2 indexes source tasks: train.ksm_protect freezes rows by it.
+        self.route = PluginParam(jax.random.normal(rngs.params(), (P, N, T, C, C)), task_axis=2)
 
     def _init_similarity(self, P: int, cin: int, F: int, rngs: nnx.Rngs) -> None:
         """CTR's similarity-estimator CNN, its current-task code map, similarity and router."""

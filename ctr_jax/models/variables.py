@@ -13,7 +13,8 @@ by matching substrings of their paths. Spec §2 lists what is frozen and what is
 - ``Buffer``: a constant array that is part of the model but never trained (not a Param).
 
 Metadata on a Variable (``nnx.Variable(value, **metadata)``) carries what the optimizer needs:
-``task_axis`` (the axis that indexes tasks, for the per-task types), ``decay`` (False for
+``task_axis`` (the axis that indexes tasks, for the per-task types and the KSM's routing
+matrices), ``decay`` (False for
 biases: no weight decay) and ``hat`` (``"w1" | "b1" | "w2" | "b2"`` on the four HAT-masked TSM
 leaves), and ``tsm`` (the same roles on the TSM's four leaves whether or not HAT gates them, so
 an analysis can find the adapter of NCL, ONE and MTL too). ``training/optim.py`` reads only

@@ -474,6 +474,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
             use_hat=method.hat,
             all_heads=method.protocol == "joint",
             freeze_layernorms=cfg.train.freeze_layernorms,
+            ksm_protect=cfg.train.ksm_protect,
             max_tokens=cfg.train.max_batch_tokens,
         ),
         donate_argnums=(0, 1),

@@ -10,7 +10,8 @@ BertAdam does not guarantee (spec §10.8).
 ``update_scales`` builds the scale tree for task t from the Variable metadata only
 (``variables.py``): HAT leaves get HAT's masks (``hat.tsm_scales``), per-task leaves a row mask
 (capsules: rows k <= t; HAT embeddings and heads: row t only, so previous tasks' gates and heads
-are bit-for-bit frozen), the layers' LayerNorms 0 with ``train.freeze_layernorms``, everything
+are bit-for-bit frozen), the layers' LayerNorms 0 with ``train.freeze_layernorms``, the
+knowledge-sharing module's earlier rows and shared weights by ``train.ksm_protect``, everything
 else 1. Learning-rate factors by parameter group (``lr_scales``: ``hat.embedding_lr_scale``,
 ``train.ksm_lr_scale``) act after the learning rate and before the last protection stage.
 """
@@ -62,13 +63,20 @@ def update_scales(
     *,
     all_heads: bool = False,
     freeze_layernorms: bool = False,
+    ksm_protect: str = "none",
 ) -> nnx.State:
     """Per-element update scales for task `task_id`; same tree as `trainable`, leaves broadcast.
 
     all_heads: every head row gets scale 1 (joint training of all tasks, MTL).
     freeze_layernorms: the layers' LayerNorms get scale 0 (never move; an ablation).
+    ksm_protect: "none" (capsule rows k <= t and the KSM's shared weights train, the original's
+    rule); "past" (capsules and routing matrices: row t only); "full" ("past", and the KSM's
+    other weights only while task_id == 0). See ``config.TrainConfig.ksm_protect``.
     """
+    if ksm_protect not in ("none", "past", "full"):
+        raise ValueError(f"ksm_protect must be 'none', 'past' or 'full', got {ksm_protect!r}")
     tsm = hat.tsm_scales(masks)
+    own_row = ksm_protect != "none"
 
     def scale(v: nnx.Variable) -> nnx.Variable:
         if isinstance(v, LayerNormParam) and freeze_layernorms:
@@ -76,7 +84,11 @@ def update_scales(
         if (role := _meta(v, "hat")) is not None:
             return v.replace(tsm[role])
         if isinstance(v, CapsuleParam):
-            return v.replace(_row_mask(v, task_id, upto=True))
+            return v.replace(_row_mask(v, task_id, upto=not own_row))
+        if group_of(v) == "ksm" and own_row and _meta(v, "task_axis") is not None:
+            return v.replace(_row_mask(v, task_id, upto=False))  # the routing matrices
+        if group_of(v) == "ksm" and ksm_protect == "full":
+            return v.replace((task_id == 0).astype(v[...].dtype))
         if isinstance(v, HeadParam) and all_heads:
             return v.replace(jnp.ones((), v[...].dtype))
         if isinstance(v, TaskEmbedding | HeadParam):

@@ -111,6 +111,7 @@ def make_train_step(
     use_hat: bool = True,
     all_heads: bool = False,
     freeze_layernorms: bool = False,
+    ksm_protect: str = "none",
     max_tokens: int | None = None,
 ) -> Callable:
     """Returns the un-jitted train step (jit it with donate_argnums=(0, 1)).
@@ -118,6 +119,7 @@ def make_train_step(
     use_hat: add the HAT mask regulariser to the loss (methods without HAT have no gates to
     regularise). all_heads: every task's head is trained (MTL), not only task_id's.
     freeze_layernorms: the layers' LayerNorms keep their values (``optim.update_scales``).
+    ksm_protect: what of the knowledge-sharing module later tasks may update (the same).
     max_tokens: split a batch of more padded tokens (rows x length) into microbatches whose
     gradients are summed (``accumulate_grads``): the same update up to float summation order
     and dropout draws, with a fraction of the activation memory. None = never split.
@@ -170,7 +172,12 @@ def make_train_step(
             trainable,
         )
         scales = optim.update_scales(
-            trainable, task_id, masks, all_heads=all_heads, freeze_layernorms=freeze_layernorms
+            trainable,
+            task_id,
+            masks,
+            all_heads=all_heads,
+            freeze_layernorms=freeze_layernorms,
+            ksm_protect=ksm_protect,
         )
         updates, opt_state = tx.update(grads, opt_state, trainable, scales=scales, lr=lr)
         trainable = optax.apply_updates(trainable, updates)
