@@ -200,8 +200,9 @@ class TrainConfig:
     # routing-matrix rows are frozen (task t trains row t only); the shared CNN, router and
     # projection still train. "full": "past", and the shared weights train on the first task
     # only, so the module's output for an earlier task cannot change (its input still can,
-    # through the LayerNorms and partly-open HAT gates). An ablation: where CTR loses to HAT on
-    # ASC, zeroing the module's output recovers it (docs/FINDINGS.md).
+    # through the LayerNorms and partly-open HAT gates). An ablation: at 3 epochs on ASC "past"
+    # gave +4 Acc on orders 1-2, -2.3 on order 3 and higher MF1 on all three; "full" leaves the
+    # module silent (docs/FINDINGS.md, "protecting the knowledge-sharing module").
     ksm_protect: Literal["none", "past", "full"] = "none"
     # Model selection: the epoch of each task whose weights are kept. "loss": the lowest dev
     # loss (CE + lambda R at s_max), the paper's and the original's rule (spec §5.4). "acc": the
@@ -338,7 +339,7 @@ def _default(key: str) -> Any:
 
 
 def key_applies(method: str, key: str) -> bool:
-    """False for a dotted config key that scales a module `method` lacks (its value has nothing
+    """False for a dotted config key that sets a module `method` lacks (its value has nothing
     to act on), True for every other key."""
     if key not in METHOD_MODULE_KEYS or method not in METHODS:
         return True
