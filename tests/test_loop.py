@@ -8,6 +8,7 @@ import pytest
 
 from ctr_jax.checkpoint import TaskCheckpointer
 from ctr_jax.config import ConfigError, load_config
+from ctr_jax.data.custom import load_custom
 from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
 from ctr_jax.training import loop
@@ -82,7 +83,7 @@ def test_the_train_step_compiles_once(full_run_and_compiles):
     assert len(compiles) == 1, "\n\n".join(compiles)
 
 
-def test_run_writes_the_results_contract(full_run):
+def test_run_writes_the_results_contract(full_run, world):
     res = full_run
     assert res.tasks == ["synthetic0", "synthetic1"]
     assert res.acc.shape == (2, 2) and np.isnan(res.acc[0, 1]) and not np.isnan(res.acc[1, 0])
@@ -115,6 +116,13 @@ def test_run_writes_the_results_contract(full_run):
     assert gates[1]["free"] <= gates[0]["free"] <= gates[0]["closed"]
     assert all(abs(r["held"] + r["held_in_part"] + r["free"] - 1.0) < 1e-6 for r in gates)
     assert read_results(res.run_dir)["tasks"] == res.tasks
+    # Each task's test examples per class, counted here from the task files themselves.
+    base, _ = world
+    for task, support in zip(
+        load_custom(base / "tasks", res.tasks), out["test_support"], strict=True
+    ):
+        counts = np.bincount([ex.label for ex in task.test], minlength=task.num_classes)
+        assert support == dict(zip(task.labels, counts.tolist(), strict=True))
     # Only trainable state is checkpointed: nothing the size of the frozen encoder's embeddings.
     names = [p.name for p in (res.checkpoint_dir).rglob("*")]
     assert not any("word" in n or "query" in n for n in names)

@@ -18,14 +18,16 @@ _UNSET = object()
 
 def _run(
     root, name, method, acc, mf1=None, benchmark="asc", order=0, protocol="sequential", seed=0,
-    data_seed=_UNSET,
+    data_seed=_UNSET, test_support=None,
 ):  # fmt: skip
     """A hand-made run folder; without `data_seed` its results.json is of the kind written
-    before "data_seed" was recorded."""
+    before "data_seed" was recorded (and without `test_support`, before that was)."""
     acc = np.array(acc, dtype=np.float64)
     extra = {"protocol": protocol, "name": name}
     if data_seed is not _UNSET:
         extra["data_seed"] = data_seed
+    if test_support is not None:
+        extra["test_support"] = test_support
     write_results(
         root / name, method=method, benchmark=benchmark, order=order, seed=seed, backbone="tiny",
         tasks=[f"t{i}" for i in range(len(acc))], acc=acc,
@@ -143,6 +145,33 @@ def test_paired_comparison_by_hand(runs, tmp_path):
     with pytest.raises(report.ReportError, match="--ref 'ctrr' is not a method"):
         report.write_report([runs], out, ref="ctrr")
     assert report.main([str(runs), "--out", str(out), "--no-plots", "--ref", "none"]) == 0
+
+
+def test_paired_tasks_by_hand(runs, tmp_path):
+    # HAT on CTR's order 0 (final rows: CTR acc (0.8, 0.9), MF1 (0.7, 0.8)), with the test
+    # counts recorded by HAT's run only; on order 1 neither run recorded them.
+    support = [{"pos": 21, "neg": 1}, {"pos": 5, "neg": 7}]
+    _run(runs, "hat_o0", "hat", [[0.9, NAN], [0.9, 0.7]], mf1=[[0.9, NAN], [0.5, 0.7]],
+         test_support=support)  # fmt: skip
+    _run(runs, "hat_o1", "hat", [[0.8, NAN], [0.6, 0.9]], order=1)
+    out = tmp_path / "out"
+    report.write_report([runs], out, plots=False)
+    rows = [r for r in csv.DictReader((out / "paired_tasks.csv").open()) if r["method"] == "hat"]
+    assert [(r["order"], r["task"]) for r in rows] == [("0", "t0"), ("0", "t1"), ("1", "t0"),
+                                                       ("1", "t1")]  # fmt: skip
+    got = [(float(r["d_acc"]), float(r["mf1_ref"]), float(r["mf1_method"]), float(r["d_mf1"]))
+           for r in rows]  # fmt: skip
+    want = [(-10, 70, 50, 20), (20, 80, 70, 10), (10, 60, 50, 10), (-10, 70, 80, -10)]
+    np.testing.assert_allclose(got, want, atol=1e-9)
+    assert [(r["test_n"], r["test_rarest"]) for r in rows] == [
+        ("22", "1"), ("12", "5"), ("", ""), ("", "")
+    ]  # fmt: skip
+    # The per-task differences average to the run's: sum over tasks / T = d MF1 of the pair.
+    pair = {r["method"]: r for r in csv.DictReader((out / "paired.csv").open())}["hat"]
+    d = [float(r["d_mf1"]) for r in rows]
+    assert np.mean([np.mean(d[:2]), np.mean(d[2:])]) == pytest.approx(float(pair["d_mf1_mean"]))
+    report.write_report([runs], out, ref=None, plots=False)
+    assert not (out / "paired_tasks.csv").exists()
 
 
 def test_runs_on_different_data_never_pair(tmp_path):

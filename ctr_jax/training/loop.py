@@ -507,6 +507,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     # A "phase" is one task (sequential, independent) or the whole joint stream (MTL); a
     # checkpoint after each phase is indexed by the last task it covers.
     phases = [list(range(T))] if method.protocol == "joint" else [[t] for t in range(T)]
+    support = test_support(tasks, encoded)
     for phase in phases:
         t = phase[-1]
         if t < start:
@@ -532,7 +533,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
             },
         )
         if primary:
-            _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone), pooling)
+            _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone), pooling, support)
     ckpt.close()
     done = int(np.sum(~np.isnan(np.diag(acc))))
     summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
@@ -593,7 +594,22 @@ def _test_after(ctx, method: Method, t, phase, encoded, trainable, acc, mf1) -> 
             acc[r, : r + 1], mf1[r, : r + 1] = final_a[: r + 1], final_f[: r + 1]
 
 
-def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone, pooling) -> None:
+def test_support(tasks, encoded) -> list[dict[str, int]]:
+    """Each task's number of test examples per class, {label name: count} in label order.
+
+    Why in results.json: macro-F1 on a task whose rarest test class has one or two examples
+    moves by tens of points when one prediction flips (ASC's small Bing tasks), so a reader of
+    two runs' MF1 needs the counts to tell a real difference from a handful of examples."""
+    out = []
+    for task, enc in zip(tasks, encoded, strict=True):
+        counts = np.bincount(enc["test"].labels, minlength=task.num_classes)  # [C]
+        out.append({lab: int(n) for lab, n in zip(task.labels, counts, strict=True)})
+    return out
+
+
+def _write_results(
+    cfg, method: Method, run_dir, names, acc, mf1, backbone, pooling, support
+) -> None:
     metrics.write_results(
         run_dir,
         method=cfg.method,
@@ -610,6 +626,7 @@ def _write_results(cfg, method: Method, run_dir, names, acc, mf1, backbone, pool
             "name": cfg.name,
             "pooling": pooling,  # what the heads read, model.pooling="auto" resolved
             "data_seed": cfg.data_seed,  # None where data.seed changes nothing
+            "test_support": support,  # [T] of {label: test examples}
         },
     )
 
