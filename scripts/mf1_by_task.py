@@ -38,7 +38,7 @@ def rarest_counts(run: dict, data: Path | None) -> dict[str, int]:
         return {t: min(s.values()) for t, s in zip(run["tasks"], support, strict=True)}
     if data is None:
         raise SystemExit(f"{run['name']}: no test_support in results.json; pass --data ROOT")
-    tasks = load_benchmark(run["benchmark"], data, run["order"])
+    tasks = load_benchmark(run["benchmark"], data, run["order"], seed=run.get("data_seed") or 0)
     return {
         t.name: int(np.bincount([e.label for e in t.test], minlength=t.num_classes).min())
         for t in tasks

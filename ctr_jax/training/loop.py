@@ -507,7 +507,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     # A "phase" is one task (sequential, independent) or the whole joint stream (MTL); a
     # checkpoint after each phase is indexed by the last task it covers.
     phases = [list(range(T))] if method.protocol == "joint" else [[t] for t in range(T)]
-    support = test_support(tasks, encoded)
+    support = _test_support(tasks, encoded)
     for phase in phases:
         t = phase[-1]
         if t < start:
@@ -594,7 +594,7 @@ def _test_after(ctx, method: Method, t, phase, encoded, trainable, acc, mf1) -> 
             acc[r, : r + 1], mf1[r, : r + 1] = final_a[: r + 1], final_f[: r + 1]
 
 
-def test_support(tasks, encoded) -> list[dict[str, int]]:
+def _test_support(tasks, encoded) -> list[dict[str, int]]:
     """Each task's number of test examples per class, {label name: count} in label order.
 
     Why in results.json: macro-F1 on a task whose rarest test class has one or two examples
