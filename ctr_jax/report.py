@@ -26,6 +26,12 @@ config.json), and writes to --out:
                                test examples and those of its rarest class (where the runs
                                recorded them): which tasks a difference comes from
 
+    python -m ctr_jax.report runs/ --by train.ksm_protect --ref-variant train.ksm_protect=past
+
+pairs CTR's runs with ksm_protect=past against every other method and value (HAT, CTR with
+none, ...) on the same sequence, order and seed; without --ref-variant runs pair only within
+equal --by values. The paired table gives a two-sided t-test p of the differences (scipy).
+
 Only runs that learned every task enter the table and curves; unfinished ones are listed under
 the table. MTL has no forgetting (one joint phase), so its FR and max drop print as "-".
 Matplotlib runs with the non-interactive Agg backend, so no display is needed.
@@ -235,49 +241,106 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
     return rows
 
 
-def _pair_key(r: dict) -> tuple:
+def _pair_key(r: dict, held: Sequence[str] | None = None) -> tuple:
     """What two runs must share to be compared pairwise: the task sequence, order, seed, data
-    seed (where it changes the data), epochs setting and --by variant."""
+    seed (where it changes the data), epochs setting and --by variant (with `held`, only the
+    variant's values of those keys)."""
+    variant = r.get("variant", "")
+    if held is not None:
+        variant = ", ".join(f"{k}={v}" for k, v in _parse_variant(variant).items() if k in held)
     return (r["benchmark"], tuple(r["tasks"]), r.get("order"), r.get("seed"),
-            r.get("data_seed"), json.dumps(r.get("epochs")), r.get("variant", ""))  # fmt: skip
+            r.get("data_seed"), json.dumps(r.get("epochs")), variant)  # fmt: skip
 
 
-def _pair_groups(runs: Sequence[dict], ref: str) -> dict[tuple[str, int, str, str], dict]:
+def _parse_variant(variant: str) -> dict[str, str]:
+    """ "train.lr=0.001, train.ksm_protect=past" -> {"train.lr": "0.001", ...}."""
+    return dict(part.split("=", 1) for part in variant.split(", ") if "=" in part)
+
+
+def _same_value(a: str, b: str) -> bool:
+    """Config values as --by prints them and as a user types them: 1e-3 is 0.001."""
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return a == b
+
+
+def _matches(variant: str, wanted: dict[str, str]) -> bool:
+    have = _parse_variant(variant)
+    return all(k in have and _same_value(have[k], v) for k, v in wanted.items())
+
+
+def _variant_text(variant: dict[str, str] | None) -> str:
+    return ", ".join(f"{k}={v}" for k, v in (variant or {}).items())
+
+
+def _pair_groups(
+    runs: Sequence[dict], ref: str, ref_variant: dict[str, str] | None = None
+) -> dict[tuple[str, int, str, str], dict]:
     """(benchmark, task count, method, variant) -> {"pairs": [(ref run, method run)],
-    "ambiguous": keys left out because one side has two complete runs}."""
-    by_key: dict[tuple, dict[str, list[dict]]] = {}
+    "ambiguous": keys left out because one side has two complete runs}.
+
+    Without `ref_variant`, runs pair only with runs of equal --by values. With it ({key: value}
+    of --by keys), the reference is `ref`'s runs with those values, and it pairs with every
+    other (method, variant), `ref`'s other values of those keys included, across those keys
+    (the other --by keys still held equal): CTR with ksm_protect=past against HAT, whose runs
+    carry the key's default."""
+    held = None
+    if ref_variant is not None:
+        held = {k for r in runs for k in _parse_variant(r.get("variant", ""))} - set(ref_variant)
+    by_key: dict[tuple, dict[tuple[str, str], list[dict]]] = {}
     for r in runs:
         if r["complete"]:
-            by_key.setdefault(_pair_key(r), {}).setdefault(r["method"], []).append(r)
+            side = (r["method"], r.get("variant", "") if held is not None else "")
+            by_key.setdefault(_pair_key(r, held), {}).setdefault(side, []).append(r)
     groups: dict[tuple[str, int, str, str], dict] = {}
-    for key, methods in by_key.items():
-        if ref not in methods:
+    for key, sides in by_key.items():
+        ref_sides = {(m, v) for m, v in sides
+                     if m == ref and (ref_variant is None or _matches(v, ref_variant))}  # fmt: skip
+        refs = [r for side in sorted(ref_sides) for r in sides[side]]
+        if not refs:
             continue
-        for method, rs in methods.items():
-            if method == ref:
+        for (method, variant), rs in sides.items():
+            if (method, variant) in ref_sides:
                 continue
-            group = (key[0], len(key[1]), method, key[-1])
+            group = (key[0], len(key[1]), method, variant if held is not None else key[-1])
             g = groups.setdefault(group, {"pairs": [], "ambiguous": 0})
-            if len(rs) > 1 or len(methods[ref]) > 1:
+            if len(rs) > 1 or len(refs) > 1:
                 g["ambiguous"] += 1
             else:
-                g["pairs"].append((methods[ref][0], rs[0]))
+                g["pairs"].append((refs[0], rs[0]))
     return dict(sorted(groups.items(), key=lambda kv: _group_sort_key(kv[0])))
 
 
-def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
+def _t_test_p(d: Sequence[float]) -> float:
+    """Two-sided p of a one-sample t-test of the paired differences against 0 (NaN under two
+    pairs or when every difference is the same: the test is then undefined). Five pairs over
+    orders are few and the test assumes normal differences: a guide, not a verdict."""
+    if len(d) < 2 or np.ptp(d) == 0:
+        return math.nan
+    from scipy import stats  # only here: a second of import time the rest never needs
+
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def paired(
+    runs: Sequence[dict], ref: str = "ctr", ref_variant: dict[str, str] | None = None
+) -> list[dict]:
     """One row per (benchmark, task count, method, variant) that shares complete runs with
-    method `ref`:
+    method `ref` (with `ref_variant`, its runs with those --by values; ``_pair_groups``):
     the differences ref - method in Acc, MF1 and forgetting (% points; mean and sample std
-    over the pairs) and in how many pairs ref is ahead, level or behind in Acc and MF1.
+    over the pairs), their t-test p in Acc and MF1, and in how many pairs ref is ahead, level
+    or behind in Acc and MF1.
 
     A key (``_pair_key``) with two complete runs of one method is ambiguous and left out;
     "ambiguous" counts such keys. Forgetting is NaN where either side trained jointly (MTL)."""
     rows = []
-    for (bench, n, method, variant), g in _pair_groups(runs, ref).items():
+    ref_label = _variant_text(ref_variant)
+    for (bench, n, method, variant), g in _pair_groups(runs, ref, ref_variant).items():
         pairs = g["pairs"]
-        row = {"benchmark": bench, "ref": ref, "method": method, "variant": variant,
-               "tasks": n, "pairs": len(pairs), "ambiguous": g["ambiguous"]}  # fmt: skip
+        row = {"benchmark": bench, "ref": ref, "ref_variant": ref_label, "method": method,
+               "variant": variant, "tasks": n, "pairs": len(pairs),
+               "ambiguous": g["ambiguous"]}  # fmt: skip
         joint = any(r.get("protocol") == "joint" or r["method"] == "mtl" for p in pairs for r in p)
         for key in ("acc", "mf1", "forgetting"):
             d = [100.0 * (a["summary"][key] - b["summary"][key]) for a, b in pairs]
@@ -286,6 +349,7 @@ def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
             else:
                 row[f"d_{key}_mean"], row[f"d_{key}_std"] = _mean_std(d)
             if key != "forgetting":
+                row[f"p_{key}"] = _t_test_p(d)
                 # Compared at the precision the table prints: a 1e-12 float difference is level.
                 rounded = [round(x, 2) for x in d]
                 row[f"{key}_ahead"] = sum(x > 0 for x in rounded)
@@ -295,7 +359,9 @@ def paired(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
     return rows
 
 
-def paired_tasks(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
+def paired_tasks(
+    runs: Sequence[dict], ref: str = "ctr", ref_variant: dict[str, str] | None = None
+) -> list[dict]:
     """Where each pair's difference comes from: one row per pair of ``paired`` and task, with
     both runs' final Acc and MF1 on the task (the last row of the matrices, in %), ref - method,
     and the task's test examples (``test_n``) and those of its rarest class (``test_rarest``)
@@ -305,13 +371,15 @@ def paired_tasks(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
     task with a single test example of a class, so a difference between two runs is worth
     reading task by task before it is read as a difference between methods."""
     rows = []
-    for (bench, _, method, variant), g in _pair_groups(runs, ref).items():
+    ref_label = _variant_text(ref_variant)
+    for (bench, _, method, variant), g in _pair_groups(runs, ref, ref_variant).items():
         for a, b in g["pairs"]:
             support = a.get("test_support") or b.get("test_support")
             for j, task in enumerate(a["tasks"]):
                 counts = list(support[j].values()) if support else []
-                row = {"benchmark": bench, "ref": ref, "method": method, "variant": variant,
-                       "order": a.get("order"), "seed": a.get("seed"), "task": task,
+                row = {"benchmark": bench, "ref": ref, "ref_variant": ref_label,
+                       "method": method, "variant": variant, "order": a.get("order"),
+                       "seed": a.get("seed"), "task": task,
                        "test_n": sum(counts) if counts else math.nan,
                        "test_rarest": min(counts) if counts else math.nan}  # fmt: skip
                 for key in ("acc", "mf1"):
@@ -321,15 +389,15 @@ def paired_tasks(runs: Sequence[dict], ref: str = "ctr") -> list[dict]:
     return rows
 
 
-PAIRED_TASK_COLS = ["benchmark", "ref", "method", "variant", "order", "seed", "task", "test_n",
-                    "test_rarest", "acc_ref", "acc_method", "d_acc", "mf1_ref", "mf1_method",
-                    "d_mf1"]  # fmt: skip
+PAIRED_TASK_COLS = ["benchmark", "ref", "ref_variant", "method", "variant", "order", "seed",
+                    "task", "test_n", "test_rarest", "acc_ref", "acc_method", "d_acc", "mf1_ref",
+                    "mf1_method", "d_mf1"]  # fmt: skip
 
 
-PAIRED_COLS = ["benchmark", "ref", "method", "variant", "tasks", "pairs", "ambiguous",
-               "d_acc_mean", "d_acc_std", "d_mf1_mean", "d_mf1_std",
-               "d_forgetting_mean", "d_forgetting_std", "acc_ahead", "acc_level", "acc_behind",
-               "mf1_ahead", "mf1_level", "mf1_behind"]  # fmt: skip
+PAIRED_COLS = ["benchmark", "ref", "ref_variant", "method", "variant", "tasks", "pairs",
+               "ambiguous", "d_acc_mean", "d_acc_std", "d_mf1_mean", "d_mf1_std",
+               "d_forgetting_mean", "d_forgetting_std", "p_acc", "p_mf1", "acc_ahead",
+               "acc_level", "acc_behind", "mf1_ahead", "mf1_level", "mf1_behind"]  # fmt: skip
 
 
 def paired_markdown(rows: Sequence[dict]) -> str:
@@ -337,11 +405,12 @@ def paired_markdown(rows: Sequence[dict]) -> str:
     out = []
     for bench in sorted({r["benchmark"] for r in rows}, key=_bench_key):
         rs = [r for r in rows if r["benchmark"] == bench]
-        ref = _label(rs[0]["ref"])
-        out.append(f"### {BENCH_LABEL.get(bench, bench)}: {ref} against each method, paired\n")
-        out.append(f"| method | tasks | pairs | {ref} - method: Acc | MF1 | FR | "
+        ref, ref_full = _label(rs[0]["ref"]), _label(rs[0]["ref"], rs[0]["ref_variant"])
+        out.append(f"### {BENCH_LABEL.get(bench, bench)}: {ref_full} against each method, "
+                   "paired\n")  # fmt: skip
+        out.append(f"| method | tasks | pairs | {ref} - method: Acc | MF1 | FR | p: Acc | MF1 | "
                    f"{ref} ahead / level / behind: Acc | MF1 |")  # fmt: skip
-        out.append("|---|---|---|---|---|---|---|---|")
+        out.append("|---|---|---|---|---|---|---|---|---|---|")
         for r in rs:
             out.append(
                 f"| {_label(r['method'], r['variant'])} | {tasks_label(bench, r['tasks'])} | "
@@ -349,6 +418,7 @@ def paired_markdown(rows: Sequence[dict]) -> str:
                 f"{_fmt(r['d_acc_mean'], r['d_acc_std'])} | "
                 f"{_fmt(r['d_mf1_mean'], r['d_mf1_std'])} | "
                 f"{_fmt(r['d_forgetting_mean'], r['d_forgetting_std'])} | "
+                f"{_fmt_p(r['p_acc'])} | {_fmt_p(r['p_mf1'])} | "
                 f"{r['acc_ahead']} / {r['acc_level']} / {r['acc_behind']} | "
                 f"{r['mf1_ahead']} / {r['mf1_level']} / {r['mf1_behind']} |"
             )
@@ -361,10 +431,12 @@ def paired_markdown(rows: Sequence[dict]) -> str:
     if out:
         out.append(
             "A pair is two complete runs on the same task sequence, order, seed, data seed (DSC "
-            "small, 20News) and epochs (and --by values). Differences in % points, mean ± sample "
-            "std over the pairs; a positive Acc / MF1 difference means the reference is higher, "
-            "a negative FR difference that it forgets less. Ahead / level / behind compare each "
-            "pair at two decimals."
+            "small, 20News) and epochs (and --by values, less those --ref-variant names). "
+            "Differences in % points, mean ± sample std over the pairs; a positive Acc / MF1 "
+            "difference means the reference is higher, a negative FR difference that it forgets "
+            "less. p: two-sided one-sample t-test of the differences against 0 (a guide at a "
+            "handful of pairs; '-' under two pairs). Ahead / level / behind compare each pair at "
+            "two decimals."
         )
     return "\n".join(out) + "\n" if out else ""
 
@@ -380,6 +452,10 @@ def _csv(rows: Sequence[dict], cols: Sequence[str]) -> str:
 
 def _bench_key(b: str) -> int:
     return BENCHMARKS.index(b) if b in BENCHMARKS else len(BENCHMARKS)
+
+
+def _fmt_p(p: float) -> str:
+    return "-" if math.isnan(p) else f"{p:.2g}" if p < 0.01 else f"{p:.2f}"
 
 
 def _fmt(mean: float, std: float) -> str:
@@ -540,21 +616,38 @@ def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     plt.close(fig)
 
 
+def _ref_variant(items: Sequence[str], by: Sequence[str]) -> dict[str, str]:
+    """["train.ksm_protect=past"] -> {"train.ksm_protect": "past"}; each key one of --by's."""
+    wanted = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise ReportError(f"--ref-variant {item!r}: expected KEY=VALUE")
+        if key not in by:
+            raise ReportError(f"--ref-variant {item!r}: {key!r} is not one of --by {list(by)}")
+        wanted[key] = value
+    return wanted
+
+
 def write_report(
     paths: Sequence[Path],
     out: Path,
     plots: bool = True,
     by: Sequence[str] = (),
     ref: str | None = "ctr",
+    ref_variant: Sequence[str] = (),
 ) -> dict[str, Path]:
     """Writes the table (Markdown, CSV) and plots for the runs under `paths`; returns the files.
 
     by: dotted config keys whose values split a method's runs into separate rows and curves.
     ref: the method every other one is compared with pairwise (paired.csv and a section of
     results.md, where it shares runs with another method); None: no paired comparison.
+    ref_variant: "key=value" of --by keys: the reference is `ref`'s runs with those values,
+    paired across those keys with every other method and value (``_pair_groups``).
     """
     if ref is not None and ref not in METHODS:
         raise ReportError(f"--ref {ref!r} is not a method (one of {sorted(METHODS)})")
+    wanted = _ref_variant(ref_variant, by) if ref_variant else None
     runs = load_runs(find_results(paths), by)
     if not runs:
         raise ReportError(f"no {RESULTS_FILE} under {[str(p) for p in paths]}")
@@ -565,14 +658,19 @@ def write_report(
     rows = aggregate(runs)
     files = {"md": out / "results.md", "csv": out / "results.csv"}
     md = markdown_table(rows, runs)
-    pairs = paired(runs, ref) if ref is not None else []
+    if wanted is not None and ref is not None:
+        refs = [r for r in runs if r["complete"] and r["method"] == ref]
+        if not any(_matches(r["variant"], wanted) for r in refs):
+            text = _variant_text(wanted)
+            raise ReportError(f"--ref-variant {text}: no complete {ref} run has it")
+    pairs = paired(runs, ref, wanted) if ref is not None else []
     if pairs:
         md += "\n" + paired_markdown(pairs)
         files["paired"] = out / "paired.csv"
         files["paired"].write_text(_csv(pairs, PAIRED_COLS), encoding="utf-8")
         files["paired_tasks"] = out / "paired_tasks.csv"
         files["paired_tasks"].write_text(
-            _csv(paired_tasks(runs, ref), PAIRED_TASK_COLS), encoding="utf-8"
+            _csv(paired_tasks(runs, ref, wanted), PAIRED_TASK_COLS), encoding="utf-8"
         )
     else:
         for stale in ("paired.csv", "paired_tasks.csv"):  # from an earlier report into `out`
@@ -609,12 +707,17 @@ def main(argv: list[str] | None = None) -> int:
         help="method compared pairwise with every other one over the runs they share "
              "(same sequence, order, seed, epochs); 'none': no paired comparison",
     )  # fmt: skip
+    parser.add_argument(
+        "--ref-variant", nargs="+", default=[], metavar="KEY=VALUE",
+        help="the reference is --ref's runs with these --by values, paired with every other "
+             "method and value (e.g. train.ksm_protect=past against HAT and against =none)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     setup_logging("INFO")
     try:
         files = write_report(
             args.paths, args.out, plots=not args.no_plots, by=args.by,
-            ref=None if args.ref == "none" else args.ref,
+            ref=None if args.ref == "none" else args.ref, ref_variant=args.ref_variant,
         )  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -125,8 +125,12 @@ def test_paired_comparison_by_hand(runs, tmp_path):
     assert mtl["d_acc_std"] == "" and mtl["d_forgetting_mean"] == "" and mtl["acc_behind"] == "1"
     md = (out / "results.md").read_text()
     assert "### ASC: CTR against each method, paired" in md
+    # p: a t-test of (5, 0) against 0 with one degree of freedom, t = 2.5 / (3.54 / sqrt 2) = 1,
+    # where Student's t is the Cauchy distribution: p = 1 - 2 atan(1) / pi = 0.5.
+    assert float(hat["p_acc"]) == pytest.approx(0.5) and mtl["p_acc"] == ""  # one pair: no test
     row = (
-        "| HAT | 2 of 19 | 2 | 2.50 ± 3.54 | 2.50 ± 3.54 | -5.00 ± 21.21 | 1 / 1 / 0 | 1 / 1 / 0 |"
+        "| HAT | 2 of 19 | 2 | 2.50 ± 3.54 | 2.50 ± 3.54 | -5.00 ± 21.21 | 0.50 | 0.50 | "
+        "1 / 1 / 0 | 1 / 1 / 0 |"
     )
     assert row in md
 
@@ -145,6 +149,65 @@ def test_paired_comparison_by_hand(runs, tmp_path):
     with pytest.raises(report.ReportError, match="--ref 'ctrr' is not a method"):
         report.write_report([runs], out, ref="ctrr")
     assert report.main([str(runs), "--out", str(out), "--no-plots", "--ref", "none"]) == 0
+
+
+def test_paired_across_a_variant_by_hand(tmp_path):
+    """--ref-variant: CTR with ksm_protect=past against HAT, whose runs carry the key's default
+    (none), and against CTR's own none; the other --by key (lr) is still held equal."""
+    root = tmp_path / "runs"
+    made = {  # name: (method, order, ksm_protect or None (not in its config), lr, final acc)
+        "ctr_none_o0": ("ctr", 0, "none", 0.001, 0.8),
+        "ctr_past_o0": ("ctr", 0, "past", 0.001, 0.9),
+        "ctr_past_o1": ("ctr", 1, "past", 0.001, 0.8),
+        "hat_o0": ("hat", 0, None, 0.001, 0.7),
+        "hat_o1": ("hat", 1, None, 0.001, 0.75),
+        "hat_o0_lr": ("hat", 0, None, 0.01, 0.1),  # another lr: pairs with no CTR run
+    }
+    for name, (method, order, protect, lr, a) in made.items():
+        _run(root, name, method, [[a, NAN], [a, a]], order=order)
+        train = {"lr": lr} | ({"ksm_protect": protect} if protect else {})
+        (root / name / "config.json").write_text(
+            json.dumps({"fingerprint": "x", "config": {"train": train}})
+        )
+    by = ["train.ksm_protect", "train.lr"]
+    runs = report.load_runs(report.find_results([root]), by)
+    rows = report.paired(runs, "ctr", {"train.ksm_protect": "past"})
+    got = {(r["method"], r["variant"]): r for r in rows}
+    assert set(got) == {("ctr", "train.ksm_protect=none, train.lr=0.001"),
+                        ("hat", "train.ksm_protect=none, train.lr=0.001")}  # fmt: skip
+    hat = got["hat", "train.ksm_protect=none, train.lr=0.001"]
+    # past - HAT: 90 - 70 = 20 (order 0), 80 - 75 = 5 (order 1); t = 12.5 / (10.61 / sqrt 2)
+    # = 5/3 on one degree of freedom (Cauchy): p = 1 - 2 atan(5/3) / pi.
+    assert (hat["pairs"], hat["ambiguous"], hat["ref_variant"]) == (2, 0, "train.ksm_protect=past")
+    assert hat["d_acc_mean"] == pytest.approx(12.5)
+    assert hat["p_acc"] == pytest.approx(1 - 2 * math.atan(5 / 3) / math.pi)
+    none = got["ctr", "train.ksm_protect=none, train.lr=0.001"]
+    assert none["pairs"] == 1 and none["d_acc_mean"] == pytest.approx(10.0)
+    # Without --ref-variant, runs pair within equal values only: CTR none with HAT on order 0.
+    plain = report.paired(runs, "ctr")
+    assert [(r["method"], r["pairs"], r["d_acc_mean"]) for r in plain] == [
+        ("hat", 1, pytest.approx(10.0))
+    ]
+    # Naming lr as well releases it (typed as 1e-3): HAT at lr 0.01 becomes a row of its own.
+    rows = report.paired(runs, "ctr", {"train.ksm_protect": "past", "train.lr": "1e-3"})
+    hat_lr = [r for r in rows if r["variant"] == "train.ksm_protect=none, train.lr=0.01"]
+    assert len(rows) == 3 and hat_lr[0]["pairs"] == 1 and hat_lr[0]["d_acc_mean"] == 80.0
+
+    out = tmp_path / "out"
+    assert report.main([str(root), "--out", str(out), "--no-plots", "--by", *by,
+                        "--ref-variant", "train.ksm_protect=past"]) == 0  # fmt: skip
+    md = (out / "results.md").read_text()
+    assert "### ASC: CTR (train.ksm_protect=past) against each method, paired" in md
+    assert "| HAT (train.lr=0.001) | 2 of 19 | 2 | 12.50 ± 10.61 |" in md
+    tasks = list(csv.DictReader((out / "paired_tasks.csv").open()))
+    assert {r["ref_variant"] for r in tasks} == {"train.ksm_protect=past"} and len(tasks) == 6
+    for bad, msg in [
+        (["train.ksm_protect"], "expected KEY=VALUE"),
+        (["train.epochs=3"], "'train.epochs' is not one of --by"),
+        (["train.ksm_protect=full"], "no complete ctr run has it"),
+    ]:
+        with pytest.raises(report.ReportError, match=msg):
+            report.write_report([root], out, plots=False, by=by, ref_variant=bad)
 
 
 def test_paired_tasks_by_hand(runs, tmp_path):
