@@ -160,6 +160,24 @@ def peak_rss_mb() -> float | None:
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
+def time_left(done_work: float, done_seconds: float, left_work: float) -> float | None:
+    """Seconds that `left_work` units of work take at the rate of the `done_work` units that took
+    `done_seconds` (None before any work is done: there is no rate yet)."""
+    if done_work <= 0:
+        return None
+    return done_seconds / done_work * left_work
+
+
+def duration_text(seconds: float) -> str:
+    """'45 s', '12 min', '2 h 05 min': a wall time as a person reads it in a log line."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     """All records of <run_dir>/metrics.jsonl, in write order (for tests and reports)."""
     path = Path(run_dir) / METRICS_FILE
@@ -173,7 +191,9 @@ __all__ = [
     "MetricWriter",
     "NullWriter",
     "Writer",
+    "duration_text",
     "peak_rss_mb",
     "read_metrics",
     "setup_logging",
+    "time_left",
 ]

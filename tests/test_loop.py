@@ -108,6 +108,9 @@ def test_run_writes_the_results_contract(full_run, world):
     assert all(r["seconds"] > 0 and r["peak_rss_mb"] > 100 for r in ends)  # jax alone is more
     assert ends[0]["peak_rss_mb"] <= ends[1]["peak_rss_mb"]  # a peak never falls
     assert all(r["device_peak_mb"] is None for r in ends)  # the CPU allocator reports none
+    # Both tasks have the same training work, so the time left after the first is its own time.
+    assert ends[0]["seconds_left"] == pytest.approx(ends[0]["seconds"], abs=0.06)
+    assert ends[1]["seconds_left"] == 0.0
     gates = [r for r in records if r["kind"] == "gates"]  # CTR is HAT-gated: one per task
     assert [r["task"] for r in gates] == [0, 1]
     assert all(abs(r["open"] + r["closed"] + r["mid"] - 1.0) < 1e-6 for r in gates)
@@ -293,3 +296,18 @@ def test_a_task_whose_dev_loss_is_never_a_number_stops_the_run_by_name(world, mo
     cfg = _cfg(world, "select_nan", "method=ncl", "train.epochs=1", "data.num_tasks=1")
     with pytest.raises(FloatingPointError, match="synthetic0: the dev loss was not a number"):
         loop.run(cfg)
+
+
+def test_phase_work_by_hand():
+    from types import SimpleNamespace
+
+    cfg = load_config(None, ["data.benchmark=asc", "train.buckets=[16,32,64]"])
+    tasks = [
+        SimpleNamespace(name="XuSemEval14_laptop"),
+        SimpleNamespace(name="Bing3domains_Router"),
+    ]
+    lengths = [np.array([3, 16, 17, 40]), np.array([64, 1])]  # buckets 16 16 32 64; 64 16
+    encoded = [{"train": SimpleNamespace(lengths=n)} for n in lengths]
+    assert loop.phase_work(cfg, tasks, encoded, [0]) == 10 * (16 + 16 + 32 + 64)  # SemEval: 10
+    assert loop.phase_work(cfg, tasks, encoded, [1]) == 30 * (64 + 16)  # Bing: 30 epochs
+    assert loop.phase_work(cfg, tasks, encoded, [0, 1]) == 30 * (128 + 80)  # MTL: the longest

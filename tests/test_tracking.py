@@ -109,3 +109,19 @@ def test_setup_logging_is_idempotent(restore_root_logger):
     assert root.level == logging.DEBUG
     with pytest.raises(ValueError, match="unknown logging level"):
         tracking.setup_logging("LOUD")
+
+
+def test_time_left_by_hand():
+    # 30 units took 90 s, so 3 s a unit: 50 units left are 150 s.
+    assert tracking.time_left(30.0, 90.0, 50.0) == pytest.approx(150.0)
+    assert tracking.time_left(30.0, 90.0, 0.0) == 0.0
+    assert tracking.time_left(0.0, 5.0, 50.0) is None  # no finished work, no rate
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.4, "0 s"), (59.4, "59 s"), (61, "1 min"), (3569, "59 min"), (3600, "1 h 00 min"),
+     (7530, "2 h 06 min"), (36000, "10 h 00 min")],
+)  # fmt: skip
+def test_duration_text(seconds, text):
+    assert tracking.duration_text(seconds) == text

@@ -59,7 +59,14 @@ from ctr_jax.models.bert import (
 )
 from ctr_jax.models.classifier import CTRClassifier
 from ctr_jax.parallel import DataParallel, init_distributed, is_primary
-from ctr_jax.tracking import MetricWriter, NullWriter, peak_rss_mb, setup_logging
+from ctr_jax.tracking import (
+    MetricWriter,
+    NullWriter,
+    duration_text,
+    peak_rss_mb,
+    setup_logging,
+    time_left,
+)
 from ctr_jax.training import optim, step
 
 log = logging.getLogger(__name__)
@@ -508,7 +515,9 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     # checkpoint after each phase is indexed by the last task it covers.
     phases = [list(range(T))] if method.protocol == "joint" else [[t] for t in range(T)]
     support = _test_support(tasks, encoded)
-    for phase in phases:
+    work = [phase_work(cfg, tasks, encoded, phase) for phase in phases]
+    done_work, done_s = 0.0, 0.0  # phases trained by this process, for the time-left estimate
+    for i, phase in enumerate(phases):
         t = phase[-1]
         if t < start:
             continue
@@ -519,9 +528,14 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
         _test_after(ctx, method, t, phase, encoded, trainable, acc, mf1)
         row = " ".join(f"{a:.3f}" for a in acc[t, : t + 1])
         usage = _resource_usage(time.perf_counter() - t_phase)
-        log.info("after task %d/%d %s: test acc %s | mean %.4f | %s", t + 1, T, names[t], row,
-                 np.mean(acc[t, : t + 1]), _usage_text(usage))  # fmt: skip
-        writer.write("task_end", task=t, **usage)
+        done_work, done_s = done_work + work[i], done_s + usage["seconds"]
+        left = time_left(done_work, done_s, sum(work[i + 1 :]))
+        eta = f" | about {duration_text(left)} left" if left and i + 1 < len(phases) else ""
+        log.info("after task %d/%d %s: test acc %s | mean %.4f | %s%s", t + 1, T, names[t], row,
+                 np.mean(acc[t, : t + 1]), _usage_text(usage), eta)  # fmt: skip
+        writer.write(
+            "task_end", task=t, **usage, seconds_left=None if left is None else round(left, 1)
+        )
         ckpt.save(
             t,
             _saveable(trainable, masks, acc, mf1, root_key),
@@ -541,6 +555,21 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     if own_writer:
         writer.close()
     return RunResult(run_dir, names, acc, mf1, summary, run_dir / "checkpoints", resumed, trainable)
+
+
+def phase_work(cfg: ExperimentConfig, tasks, encoded, phase: list[int]) -> float:
+    """A phase's training work, for the estimate of a run's time left: epochs x the bucket
+    widths (padded tokens) of its training examples. Compute per step grows with the padded
+    length, so SemEval's long sentences weigh more than Bing's short ones; evaluation and
+    compilation are left out, which the rate of the finished phases absorbs."""
+    buckets = np.sort(np.asarray(cfg.train.buckets))
+    epochs = max(epochs_for(cfg, tasks[u].name) for u in phase)  # MTL: the joint phase's
+    tokens = 0
+    for u in phase:
+        lengths = encoded[u]["train"].lengths
+        widths = buckets[np.minimum(np.searchsorted(buckets, lengths), len(buckets) - 1)]
+        tokens += int(widths.sum())
+    return float(epochs * tokens)
 
 
 def _resource_usage(seconds: float) -> dict[str, float | None]:
