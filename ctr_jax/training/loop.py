@@ -562,13 +562,12 @@ def phase_work(cfg: ExperimentConfig, tasks, encoded, phase: list[int]) -> float
     widths (padded tokens) of its training examples. Compute per step grows with the padded
     length, so SemEval's long sentences weigh more than Bing's short ones; evaluation and
     compilation are left out, which the rate of the finished phases absorbs."""
-    buckets = np.sort(np.asarray(cfg.train.buckets))
     epochs = max(epochs_for(cfg, tasks[u].name) for u in phase)  # MTL: the joint phase's
-    tokens = 0
-    for u in phase:
-        lengths = encoded[u]["train"].lengths
-        widths = buckets[np.minimum(np.searchsorted(buckets, lengths), len(buckets) - 1)]
-        tokens += int(widths.sum())
+    tokens = sum(
+        batching.bucket_for(int(n), cfg.train.buckets)
+        for u in phase
+        for n in encoded[u]["train"].lengths
+    )
     return float(epochs * tokens)
 
 
