@@ -65,14 +65,16 @@ class TaskCheckpointer:
     Args:
       directory: where the steps live; made absolute (orbax requires it) and created if missing.
       keep: keep only the newest `keep` tasks (None = keep all).
+      log_saves: log each save at INFO (off for a caller that logs its own line).
 
     Usable as a context manager (closes the orbax manager on exit).
     """
 
-    def __init__(self, directory: Path, *, keep: int | None = 2):
+    def __init__(self, directory: Path, *, keep: int | None = 2, log_saves: bool = True):
         if keep is not None and keep < 1:
             raise ValueError(f"keep must be None or >= 1, got {keep}")
         self.directory = Path(directory).expanduser().absolute()
+        self._log_saves = log_saves
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
@@ -104,7 +106,8 @@ class TaskCheckpointer:
                 f"task is {self._manager.latest_step()} and steps must increase"
             )
         self._manager.wait_until_finished()
-        _log.info("saved checkpoint for task %d in %s", task_index, self.directory)
+        if self._log_saves:
+            _log.info("saved checkpoint for task %d in %s", task_index, self.directory)
 
     def all_tasks(self) -> list[int]:
         """Indices of the committed (finalised) task checkpoints on disk, ascending."""
@@ -138,6 +141,18 @@ class TaskCheckpointer:
             ),
         )
         return restored["state"], dict(restored["meta"])
+
+    def restore_meta(self, task_index: int) -> dict[str, Any]:
+        """The meta of step `task_index` alone (no arrays read)."""
+        restored = self._manager.restore(
+            int(task_index), args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+        )
+        return dict(restored["meta"])
+
+    def clear(self) -> None:
+        """Deletes every committed step (and so what a resume would find)."""
+        for step in self.all_tasks():
+            self._manager.delete(step)
 
     def close(self) -> None:
         """Waits for pending work and releases orbax's threads."""

@@ -40,6 +40,7 @@ UNFINGERPRINTED = (
     "model.remat",
     "train.deterministic",
     "train.keep_checkpoints",
+    "train.epoch_checkpoint_s",
 )
 
 # Benchmarks whose data depend on data.seed (DSC small's 200-review subsets, the 20News split);
@@ -218,6 +219,13 @@ class TrainConfig:
     # moved an earlier task at every step (each is the trainable state: 67 MB for B-CL on
     # the default backbone with 4 tasks, growing with the task count).
     keep_checkpoints: int | None = 2
+    # Within a task, save its training state (weights, optimizer moments, the best epoch so far)
+    # at the end of an epoch once this many seconds passed since the task began or since the
+    # last such save, so a crash or Ctrl-C loses the epochs since rather than the whole task: a
+    # rerun goes on from there, with the results of a run never stopped. 0 = after every epoch;
+    # null = never. Written to <run>/task_in_progress (about 3x the trainable state), removed
+    # when the task's checkpoint is written.
+    epoch_checkpoint_s: float | None = 600.0
     # Padded sequence lengths; every batch is padded to the smallest bucket that fits it.
     # Fine steps: ASC batches fill 76% of their padded tokens with these, 60% with (32, 64, 128),
     # for 1.35x faster CPU training; each length met compiles once (about 13 s each on CPU).
@@ -294,6 +302,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.ksm_lr_scale": _at_least(0),
     "train.clip_norm": _above(0),
     "train.keep_checkpoints": _at_least(1),
+    "train.epoch_checkpoint_s": _at_least(0),
     "train.buckets": _at_least(1),
     "train.max_batch_tokens": _at_least(1),
     "train.eval_max_tokens": _at_least(1),

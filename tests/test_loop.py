@@ -11,6 +11,7 @@ from ctr_jax.config import ConfigError, load_config
 from ctr_jax.data.custom import load_custom
 from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
+from ctr_jax.tracking import read_metrics
 from ctr_jax.training import loop
 from tests.helpers import count_compiles
 from tests.test_drift import check_drift
@@ -157,6 +158,42 @@ def test_resume_after_interruption_gives_identical_matrices(world, full_run, mon
     assert len(compiles) == 1, "\n\n".join(compiles)  # restored state is committed too
     np.testing.assert_array_equal(res.acc, full_run.acc)
     np.testing.assert_array_equal(res.mf1, full_run.mf1)
+
+
+def test_a_crash_mid_task_goes_on_from_the_last_saved_epoch(world, full_run, monkeypatch, caplog):
+    """With train.epoch_checkpoint_s=0 the state after each epoch is saved; a crash in the
+    second task's second epoch, then a rerun, trains that epoch alone and ends where the run
+    that never stopped (which saved nothing) ended, bit for bit."""
+    real = loop._dev_scores
+    calls = []
+
+    def crash_in_the_second_epoch_of_task_2(ctx, trainable, encoded, phase):
+        calls.append(phase[-1])
+        if calls.count(1) == 2:
+            raise KeyboardInterrupt
+        return real(ctx, trainable, encoded, phase)
+
+    cfg = _cfg(world, "mid_task", "train.epoch_checkpoint_s=0")
+    monkeypatch.setattr(loop, "_dev_scores", crash_in_the_second_epoch_of_task_2)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run(cfg)
+    monkeypatch.setattr(loop, "_dev_scores", real)
+    saved = TaskCheckpointer(cfg.run_dir / "task_in_progress")
+    assert saved.all_tasks() == [1]  # one epoch of task 2 finished (task 1's state is cleared)
+    assert saved.restore_meta(1)["task"] == 1
+    saved.close()
+    with count_compiles("train_step") as compiles, caplog.at_level("INFO"):
+        res = loop.run(cfg)
+    assert res.resumed_from == 0
+    assert "going on after epoch 1/2" in caplog.text
+    assert len(compiles) == 1, "\n\n".join(compiles)  # the restored state is committed too
+    np.testing.assert_array_equal(res.acc, full_run.acc)
+    np.testing.assert_array_equal(res.mf1, full_run.mf1)
+    assert not any((cfg.run_dir / "task_in_progress").iterdir())
+    records = [r for r in read_metrics(res.run_dir) if r["kind"] == "epoch"]
+    assert [(r["task"], r["epoch"]) for r in records] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    full = [r for r in read_metrics(full_run.run_dir) if r["kind"] == "epoch"]
+    assert [r["dev_loss"] for r in records] == [r["dev_loss"] for r in full]  # each trained once
 
 
 def test_a_finished_run_resumes_to_the_same_result(world, full_run):

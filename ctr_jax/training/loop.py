@@ -68,6 +68,7 @@ from ctr_jax.tracking import (
     time_left,
 )
 from ctr_jax.training import optim, step
+from ctr_jax.training.resume import PhaseCheckpointer, PhaseState
 
 log = logging.getLogger(__name__)
 
@@ -494,9 +495,11 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
     evaluate = Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
+    progress = PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, cfg.fingerprint())
     ctx = _TaskContext(
-        cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names
-    )
+        cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names,
+        progress,
+    )  # fmt: skip
 
     ckpt = TaskCheckpointer(run_dir / "checkpoints", keep=keep)
     start = 0
@@ -524,11 +527,12 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
         if initial is not None:
             trainable = jax.tree.map(jnp.copy, initial)  # ONE: nothing carries over
         t_phase = time.perf_counter()
-        trainable, masks = _learn_phase(ctx, phase, tasks, encoded, trainable, masks)
+        trainable, masks, share = _learn_phase(ctx, phase, tasks, encoded, trainable, masks)
         _test_after(ctx, method, t, phase, encoded, trainable, acc, mf1)
         row = " ".join(f"{a:.3f}" for a in acc[t, : t + 1])
         usage = _resource_usage(time.perf_counter() - t_phase)
-        done_work, done_s = done_work + work[i], done_s + usage["seconds"]
+        # `share`: the phase's epochs this process trained (less after a mid-task resume)
+        done_work, done_s = done_work + share * work[i], done_s + usage["seconds"]
         left = time_left(done_work, done_s, sum(work[i + 1 :]))
         eta = f" | about {duration_text(left)} left" if left and i + 1 < len(phases) else ""
         log.info("after task %d/%d %s: test acc %s | mean %.4f | %s%s", t + 1, T, names[t], row,
@@ -546,9 +550,11 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
                 "config": cfg.to_dict(),
             },
         )
+        progress.clear()  # the task's checkpoint is committed: its epochs are not needed
         if primary:
             _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone), pooling, support)
     ckpt.close()
+    progress.close()
     done = int(np.sum(~np.isnan(np.diag(acc))))
     summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
     log.info("done: %s", json.dumps(summary))
@@ -674,6 +680,7 @@ class _TaskContext:
     writer: MetricWriter | NullWriter
     dp: DataParallel
     task_names: list[str]
+    progress: PhaseCheckpointer  # the task in progress's state at an epoch's end
 
 
 def selection_key(select_by: str, dev_loss: float, dev_acc: float) -> tuple[float, ...]:
@@ -690,7 +697,9 @@ def selection_key(select_by: str, dev_loss: float, dev_acc: float) -> tuple[floa
 def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     """Trains on the tasks of `phase` (one task, or all for MTL) with model selection.
 
-    Returns (trainable at the best epoch, masks with the phase's HAT masks accumulated).
+    Returns (trainable at the best epoch, masks with the phase's HAT masks accumulated, the
+    share of the phase's epochs trained by this call: 1, or less when it went on from a saved
+    state).
     """
     cfg, method = ctx.cfg, ctx.method
     T, t = len(tasks), phase[-1]
@@ -715,8 +724,17 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
     s_max = cfg.hat.s_max
     reg_weight = cfg.hat.reg_weight if method.hat else 0.0
     best, best_key, best_epoch, best_scores = None, (math.inf,), -1, (math.nan, math.nan)
-    g_step = 0
-    for epoch in range(epochs):
+    g_step, first = 0, 0
+    ctx.progress.start_phase()
+    saved = ctx.progress.restore(t, trainable, opt_state)
+    if saved is not None:  # a crash or Ctrl-C stopped this phase after `saved.epoch` epochs
+        first, g_step = saved.epoch, saved.g_step
+        trainable, opt_state = ctx.dp.replicate(saved.trainable), ctx.dp.replicate(saved.opt_state)
+        best = None if saved.best is None else ctx.dp.replicate(saved.best)
+        best_key, best_epoch, best_scores = saved.best_key, saved.best_epoch, saved.best_scores
+        log.info("task %d/%d %s: going on after epoch %d/%d (its saved training state)",
+                 t + 1, T, name, first, epochs)  # fmt: skip
+    for epoch in range(first, epochs):
         rng = np.random.default_rng([cfg.seed, key_index, epoch])
         ep_key = jax.random.fold_in(jax.random.fold_in(ctx.train_key, key_index), epoch)
         t0 = time.perf_counter()
@@ -765,6 +783,9 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
         if key < best_key:
             best_key, best_epoch, best_scores = key, epoch, (dev_loss, dev_acc)
             best = jax.tree.map(jnp.copy, trainable)  # the step donates `trainable`
+        if epoch + 1 < epochs and ctx.progress.due():
+            ctx.progress.save(t, PhaseState(epoch + 1, g_step, trainable, opt_state, best,
+                                            best_key, best_epoch, best_scores))  # fmt: skip
     if best is None:  # NaN < x is False: every epoch's dev loss was NaN
         raise FloatingPointError(
             f"task {t + 1}/{T} {name}: the dev loss was not a number after every epoch "
@@ -774,8 +795,9 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
              best_epoch + 1, cfg.train.select_by, *best_scores)  # fmt: skip
     ctx.writer.write("select", task=t, epoch=best_epoch, by=cfg.train.select_by,
                      dev_loss=best_scores[0], dev_acc=best_scores[1])  # fmt: skip
+    share = (epochs - first) / epochs
     if not method.hat:
-        return best, masks
+        return best, masks, share
     g1, g2 = ctx.gates(best, ctx.frozen, tid)
     # How binary the task's gates ended: a mid gate protects its weights and isolates earlier
     # tasks only in part (README "LayerNorms and HAT's drift").
@@ -791,7 +813,7 @@ def _learn_phase(ctx: _TaskContext, phase, tasks, encoded, trainable, masks):
              100 * held["closed"])  # fmt: skip
     ctx.writer.write("gates", task=t, **summary, held=held["open"], held_in_part=held["mid"],
                      free=held["closed"])  # fmt: skip
-    return best, masks
+    return best, masks, share
 
 
 def _dev_scores(ctx: _TaskContext, trainable, encoded, phase) -> tuple[float, float]:
