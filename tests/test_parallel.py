@@ -83,8 +83,9 @@ base, name, extra = Path(sys.argv[1]), sys.argv[2], sys.argv[3:]
 cfg = load_config(None, [
     f"name={name}", f"runs_dir={base / 'runs'}", f"data.root={base / 'tasks'}",
     "data.benchmark=custom", f"model.backbone={base / 'backbone'}", "model.tsm_width=16",
-    "model.capsule_hidden=8", "model.cnn_filters=4", "train.epochs=1", "train.batch_size=8",
-    "train.eval_batch_size=8", "train.buckets=[16]", "log_level=WARNING", "method=hat", *extra,
+    "model.capsule_hidden=8", "model.cnn_filters=4", "train.epochs=2", "train.batch_size=8",
+    "train.eval_batch_size=8", "train.buckets=[16]", "log_level=WARNING", "method=hat",
+    "train.epoch_checkpoint_s=0", *extra,
 ])
 res = loop.run(cfg)
 import jax
@@ -147,7 +148,8 @@ def _run_processes(tmp_path, name, n):
 def test_two_processes_match_one(tmp_path):
     """parallel.distributed over 2 processes (gloo on CPU) learns what 1 process learns (HAT:
     the plumbing, not the KSM math, which the 2-device test covers; half the time of CTR); only
-    process 0 writes the run folder's files; a rerun of both resumes after the last task."""
+    process 0 writes the run folder's files; a rerun of both resumes after the last task. Both
+    save the task in progress after its first epoch (train.epoch_checkpoint_s=0) and clear it."""
     from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 
     write_tiny_backbone(tmp_path / "backbone")
@@ -164,6 +166,7 @@ def test_two_processes_match_one(tmp_path):
     lines = [(runs / n / "metrics.jsonl").read_text().splitlines() for n in ("single", "pair")]
     assert len(lines[0]) == len(lines[1]) > 0  # one writer, no duplicated records
     assert json.loads((runs / "pair" / "results.json").read_text())["acc"] is not None
+    assert not any((runs / "pair" / "task_in_progress").iterdir())  # saved, then cleared
     again = _run_processes(tmp_path, "pair", 2)
     assert [o["resumed"] for o in again] == [1, 1]
     assert all(o["acc"] == single["acc"] for o in again)
