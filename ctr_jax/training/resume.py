@@ -142,8 +142,10 @@ class PhaseCheckpointer:
             like["best"] = _flat(trainable)
         arrays, _ = self._ckpt.restore(step, like)
         current = _unflat(trainable, arrays["trainable"])
-        best = {"none": None, "current": current}.get(meta["best_is"])
-        if meta["best_is"] == "own":
+        best = None
+        if meta["best_is"] == "current":  # its own buffers: the train step donates `trainable`
+            best = jax.tree.map(jnp.copy, current)
+        elif meta["best_is"] == "own":
             best = _unflat(trainable, arrays["best"])
         scores = np.asarray(arrays["best_scores"], np.float64)
         return PhaseState(
