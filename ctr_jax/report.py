@@ -34,6 +34,14 @@ equal --by values. The paired table gives a two-sided t-test p of the difference
 
 Only runs that learned every task enter the table and curves; unfinished ones are listed under
 the table. MTL has no forgetting (one joint phase), so its FR and max drop print as "-".
+
+    python -m ctr_jax.report runs/a runs/b --after-task 6
+
+compares runs as they stood after their 6th task (the top-left 6 x 6 block of each accuracy
+and MF1 matrix: the same tasks, in the same order, as a run over the first 6 tasks of that
+order), so long runs can be compared while they are still going. Runs that had not learned 6
+tasks, and joint runs (MTL: one phase saw every task), are listed under the table instead.
+
 Matplotlib runs with the non-interactive Agg backend, so no display is needed.
 """
 
@@ -55,7 +63,7 @@ import numpy as np
 from ctr_jax.config import ExperimentConfig, data_seed_used, key_applies, with_legacy_values
 from ctr_jax.data.benchmarks import task_order
 from ctr_jax.methods import METHODS
-from ctr_jax.metrics import RESULTS_FILE, max_drop, read_results
+from ctr_jax.metrics import RESULTS_FILE, max_drop, read_results, summarize
 from ctr_jax.tracking import setup_logging
 
 log = logging.getLogger(__name__)
@@ -190,6 +198,37 @@ def load_runs(files: Sequence[Path], by: Sequence[str] = ()) -> list[dict]:
             r["data_seed"] = _legacy_data_seed(r, cfg_file)
         runs.append(r)
     return runs
+
+
+def after_task(runs: Sequence[dict], k: int) -> list[dict]:
+    """Each run as it stood after its k-th task (k >= 1): tasks, test_support and the [T, T]
+    matrices cut to the first k (acc[:k, :k]), the summary recomputed from that block: what
+    the run had measured by then (task t's training sees nothing of the tasks after it, so it
+    compares with a run over the first k tasks of the same order, whose random initial values
+    may differ). A run that had not learned k tasks is kept unchanged but marked not
+    complete, and a joint run (MTL, whose one phase saw every task) too; "left_out" says why
+    (the table lists them)."""
+    if k < 1:
+        raise ReportError(f"--after-task {k}: must be at least 1")
+    out = []
+    for r in runs:
+        learned = r["summary"].get("tasks_learned")
+        if r.get("protocol") == "joint" or r["method"] == "mtl":
+            out.append(
+                {**r, "complete": False, "left_out": "joint training: no state after a task"}
+            )
+            continue
+        if not isinstance(learned, int) or learned < k:
+            out.append({**r, "complete": False,
+                        "left_out": f"{learned} of {len(r['tasks'])} tasks learned"})  # fmt: skip
+            continue
+        acc, mf1 = r["acc"][:k, :k], r["mf1"][:k, :k]
+        cut = {**r, "tasks": list(r["tasks"][:k]), "acc": acc, "mf1": mf1, "complete": True,
+               "summary": {**summarize(acc, mf1), "tasks_learned": k}}  # fmt: skip
+        if r.get("test_support"):
+            cut["test_support"] = list(r["test_support"][:k])
+        out.append(cut)
+    return out
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -475,8 +514,8 @@ def _label(method: str, variant: str = "") -> str:
     return f"{label} ({shown})" if shown else label
 
 
-def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
-    """The results table as Markdown, one section per benchmark."""
+def markdown_table(rows: Sequence[dict], runs: Sequence[dict], after: int | None = None) -> str:
+    """The results table as Markdown, one section per benchmark; after: --after-task's k."""
     out = []
     for bench in sorted({r["benchmark"] for r in rows}, key=_bench_key):
         out.append(f"### {BENCH_LABEL.get(bench, bench)}\n")
@@ -495,13 +534,23 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict]) -> str:
         out.append("")
     unfinished = [r for r in runs if not r["complete"]]
     if unfinished:
-        out.append("Unfinished runs (not in the table):")
+        out.append(
+            "Unfinished runs (not in the table):"
+            if after is None
+            else f"Runs without a state after task {after} (not in the table):"
+        )
         for r in unfinished:
-            out.append(
-                f"- {r['name']} ({r['method']}, {r['benchmark']}): "
+            why = r.get("left_out") or (
                 f"{r['summary'].get('tasks_learned')} of {len(r['tasks'])} tasks"
             )
+            out.append(f"- {r['name']} ({r['method']}, {r['benchmark']}): {why}")
         out.append("")
+    if after is not None:
+        out.append(
+            f"Every run as it stood after its task {after} (--after-task): the top-left "
+            f"{after} x {after} block of its matrices, so Acc, MF1 and FR are over its first "
+            f"{after} tasks."
+        )
     out.append(
         "Acc, MF1: mean over the tasks after the last one (%); FR: forgetting rate (spec §6, "
         "% points: the fall from right after learning a task to the end); max drop: the "
@@ -636,6 +685,7 @@ def write_report(
     by: Sequence[str] = (),
     ref: str | None = "ctr",
     ref_variant: Sequence[str] = (),
+    after: int | None = None,
 ) -> dict[str, Path]:
     """Writes the table (Markdown, CSV) and plots for the runs under `paths`; returns the files.
 
@@ -644,6 +694,7 @@ def write_report(
     results.md, where it shares runs with another method); None: no paired comparison.
     ref_variant: "key=value" of --by keys: the reference is `ref`'s runs with those values,
     paired across those keys with every other method and value (``_pair_groups``).
+    after: compare every run as it stood after this many tasks (``after_task``).
     """
     if ref is not None and ref not in METHODS:
         raise ReportError(f"--ref {ref!r} is not a method (one of {sorted(METHODS)})")
@@ -651,13 +702,15 @@ def write_report(
     runs = load_runs(find_results(paths), by)
     if not runs:
         raise ReportError(f"no {RESULTS_FILE} under {[str(p) for p in paths]}")
+    if after is not None:
+        runs = after_task(runs, after)
     names = [r["name"] for r in runs]
     if dup := sorted({n for n in names if names.count(n) > 1}):
         raise ReportError(f"several runs share the name(s) {dup}: report them separately")
     out.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
     files = {"md": out / "results.md", "csv": out / "results.csv"}
-    md = markdown_table(rows, runs)
+    md = markdown_table(rows, runs, after)
     if wanted is not None and ref is not None:
         refs = [r for r in runs if r["complete"] and r["method"] == ref]
         if not any(_matches(r["variant"], wanted) for r in refs):
@@ -712,12 +765,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the reference is --ref's runs with these --by values, paired with every other "
              "method and value (e.g. train.ksm_protect=past against HAT and against =none)",
     )  # fmt: skip
+    parser.add_argument(
+        "--after-task", type=int, default=None, metavar="K",
+        help="compare every run as it stood after its K-th task (runs still going included)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     setup_logging("INFO")
     try:
         files = write_report(
             args.paths, args.out, plots=not args.no_plots, by=args.by,
             ref=None if args.ref == "none" else args.ref, ref_variant=args.ref_variant,
+            after=args.after_task,
         )  # fmt: skip
     except ReportError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -283,6 +283,51 @@ def test_runs_over_different_task_counts_never_share_a_row(runs, tmp_path):
     assert (out / "curve_asc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # curves per count
 
 
+def test_after_task_compares_runs_still_going_by_hand(tmp_path):
+    """--after-task 2: a finished 3-task CTR run and a HAT run that learned 2 of 3 tasks enter
+    as their first 2 tasks and pair; a run with 1 task learned and MTL are listed instead."""
+    root = tmp_path / "runs"
+    support = [{"pos": 9, "neg": 1}, {"pos": 5, "neg": 5}, {"pos": 3, "neg": 4}]
+    # After task 2 the rows read (0.8, 0.7): Acc 75, MF1 65, FR 0.9 - 0.8 = 10.
+    _run(root, "ctr", "ctr", [[0.9, NAN, NAN], [0.8, 0.7, NAN], [0.5, 0.6, 0.7]],
+         test_support=support)  # fmt: skip
+    # Still going: (0.9, 0.5) after task 2, Acc 70, FR 0.
+    _run(root, "hat", "hat", [[0.9, NAN, NAN], [0.9, 0.5, NAN], [NAN, NAN, NAN]],
+         test_support=support)  # fmt: skip
+    _run(root, "ncl", "ncl", [[0.6, NAN, NAN], [NAN, NAN, NAN], [NAN, NAN, NAN]])
+    _run(root, "mtl", "mtl", [[0.95, NAN, NAN], [0.95, 0.9, NAN], [0.9, 0.9, 0.9]],
+         protocol="joint")  # fmt: skip
+    out = tmp_path / "out"
+    report.write_report([root], out, after=2)
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"ctr", "hat"}
+    assert (rows["ctr"]["tasks"], rows["hat"]["tasks"]) == ("2", "2")
+    assert float(rows["ctr"]["acc_mean"]) == pytest.approx(75.0)
+    assert float(rows["ctr"]["mf1_mean"]) == pytest.approx(65.0)
+    assert float(rows["ctr"]["forgetting_mean"]) == pytest.approx(10.0)
+    assert float(rows["hat"]["acc_mean"]) == pytest.approx(70.0)
+    assert float(rows["hat"]["forgetting_mean"]) == pytest.approx(0.0)
+    paired = {r["method"]: r for r in csv.DictReader((out / "paired.csv").open())}
+    assert paired["hat"]["pairs"] == "1" and float(paired["hat"]["d_acc_mean"]) == pytest.approx(5)
+    tasks = list(csv.DictReader((out / "paired_tasks.csv").open()))
+    assert [(r["task"], r["test_n"]) for r in tasks] == [("t0", "10"), ("t1", "10")]
+    assert [float(r["d_acc"]) for r in tasks] == pytest.approx([80 - 90, 70 - 50])
+    md = (out / "results.md").read_text()
+    assert "Runs without a state after task 2 (not in the table):" in md
+    assert "- ncl (ncl, asc): 1 of 3 tasks learned" in md
+    assert "- mtl (mtl, asc): joint training: no state after a task" in md
+    assert "as it stood after its task 2" in md
+    # Without --after-task the unfinished HAT run is not in the table; CTR is, over 3 tasks.
+    report.write_report([root], out, plots=False)
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"ctr", "mtl"} and rows["ctr"]["tasks"] == "3"
+    with pytest.raises(report.ReportError, match="--after-task 0"):
+        report.write_report([root], out, after=0)
+    assert report.main([str(root), "--out", str(out), "--no-plots", "--after-task", "1"]) == 0
+    rows = {r["method"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert set(rows) == {"ctr", "hat", "ncl"}  # every sequential run has learned a task
+
+
 def test_tasks_label():
     assert report.tasks_label("asc", 19) == "19"
     assert report.tasks_label("asc", 4) == "4 of 19"
