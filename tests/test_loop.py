@@ -15,6 +15,7 @@ from ctr_jax.tracking import read_metrics
 from ctr_jax.training import loop
 from tests.helpers import count_compiles
 from tests.test_drift import check_drift
+from tests.test_eval_gates import check_gates
 from tests.test_transfer import check_report
 
 pytestmark = pytest.mark.entry
@@ -134,6 +135,10 @@ def test_run_writes_the_results_contract(full_run, world):
 
 def test_transfer_report_of_the_run(full_run, tmp_path):
     check_report(full_run.run_dir, tmp_path)  # tests/test_transfer.py
+
+
+def test_eval_gates_of_the_run(full_run, tmp_path):
+    check_gates(full_run.run_dir, tmp_path)  # tests/test_eval_gates.py
 
 
 def test_drift_report_of_the_run(full_run, tmp_path):
