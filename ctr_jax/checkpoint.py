@@ -28,6 +28,8 @@ Orbax quirks handled here:
   step; `save()` raises instead.
 - The manager caches its step list; `latest_task()` / `restore()` reload it from disk first, so
   they see saves made by another process (e.g. the run being resumed).
+- The manager saves synchronously (see `TaskCheckpointer.__init__`): the same blocking save
+  without orbax's false "Waiting for previous save" warning at every save.
 - Orbax logs through absl at INFO, dozens of lines per save; a filter on the "absl" logger drops
   orbax's records below WARNING (other absl users are untouched).
 """
@@ -77,7 +79,12 @@ class TaskCheckpointer:
         self._log_saves = log_saves
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+            # Synchronous: save() waits for the commit anyway, and an async manager reports that
+            # wait at the next save as "Waiting for previous save to complete took 1.8 seconds.
+            # ... consider checkpointing less frequently", a false warning at every save.
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, create=True, enable_async_checkpointing=False
+            ),
         )
 
     def save(self, task_index: int, state: PyTree, meta: dict[str, Any]) -> None:

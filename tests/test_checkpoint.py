@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -97,6 +98,21 @@ def test_keep_prunes_old_tasks(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["2", "3"]
     with pytest.raises(ValueError, match="keep"):
         TaskCheckpointer(tmp_path, keep=0)
+
+
+def test_no_false_wait_warning_at_each_save(tmp_path, monkeypatch, caplog):
+    # An async orbax manager times the wait that save() itself makes for its commit and logs it
+    # at the next save as "Waiting for previous save to complete took ... consider
+    # checkpointing less frequently" (1-2 s for a task's state: a warning at every save). With
+    # the threshold at 10 ms the async manager's wait (tens of ms even for this small state)
+    # trips it; the synchronous one has nothing in flight to wait for.
+    from orbax.checkpoint import checkpoint_manager
+
+    monkeypatch.setattr(checkpoint_manager, "_WAIT_FOR_PREV_SAVE_WARNING_THRESHOLD_SECS", 0.01)
+    with caplog.at_level(logging.WARNING), TaskCheckpointer(tmp_path, keep=1) as ckpt:
+        for t in range(3):
+            ckpt.save(t, _state(t), {"task": t})
+    assert not [r for r in caplog.records if "Waiting for previous save" in r.getMessage()]
 
 
 def test_missing_task_error_names_directory_and_task(tmp_path):
