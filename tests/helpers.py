@@ -1,9 +1,13 @@
-"""Shared tiny-model builders for tests (tiny BERT, tiny CTR plugins)."""
+"""Shared test helpers: tiny-model builders (tiny BERT, tiny CTR plugins), compile counting,
+loading a script under scripts/ as a module."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
+from pathlib import Path
+from types import ModuleType
 
 import jax
 import jax.numpy as jnp
@@ -81,3 +85,12 @@ def count_compiles(name: str):
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).parent.parent / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

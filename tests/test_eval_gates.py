@@ -1,9 +1,7 @@
 """scripts/eval_gates.py: the expected gate by hand, and the three modes on a trained run."""
 
 import dataclasses
-import importlib.util
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +12,11 @@ from ctr_jax.config import ConfigError
 from ctr_jax.methods import get_method
 from ctr_jax.models import plugins
 from ctr_jax.training import loop
-
-SCRIPT = Path(__file__).parent.parent / "scripts" / "eval_gates.py"
+from tests.helpers import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("eval_gates", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("eval_gates")
 
 
 def test_expected_gate_is_the_transfer_probability_and_is_undone():

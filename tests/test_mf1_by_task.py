@@ -1,21 +1,15 @@
 """scripts/mf1_by_task.py on hand-made run folders: the split of an MF1 difference by hand."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 
 from ctr_jax.metrics import write_results
+from tests.helpers import load_script
 
 NAN = np.nan
-SCRIPT = Path(__file__).parent.parent / "scripts" / "mf1_by_task.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("mf1_by_task", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("mf1_by_task")
 
 
 def _run(root, name, final_mf1, tasks=("a", "b", "c")):
