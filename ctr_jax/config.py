@@ -143,6 +143,14 @@ class ModelConfig:
     # With 0.02, s_max * e starts within a few units of 0, and 3-epoch ASC runs end with about
     # 40% of the gates between 0.01 and 0.99 (README "How binary HAT's gates end").
     hat_embedding_std: float = 0.02
+    # The knowledge-sharing module's output projection N*C -> D (W_big, b_big) of CTR and B-CL.
+    # "shared": one per plugin, trained by every task (the original's `larger_as_share`, its
+    # default, spec §10.12). "per_task": one per plugin and task (`larger_as_list`, which the
+    # original's 20News script and B-CL's code used); task t reads and trains its own, and an
+    # earlier task's is frozen like its head, so the projection cannot move what the module
+    # gives an earlier task (at the paper's epochs on ASC the shared one was part of what
+    # flipped an earlier task, docs/FINDINGS.md).
+    ksm_projection: Literal["shared", "per_task"] = "shared"
     # B-CL only: iterations of its dynamic routing (spec §9.3).
     routing_iters: int = 3
     # Matmul dtype of the frozen encoder's dense layers ("bfloat16" on GPU/TPU: about 2x faster
@@ -199,7 +207,8 @@ class TrainConfig:
     # weight of the module (routing matrices, similarity CNN, router, output projection), so
     # what the module gives an earlier task drifts. "past": earlier tasks' capsules and their
     # routing-matrix rows are frozen (task t trains row t only); the shared CNN, router and
-    # projection still train. "full": "past", and the shared weights train on the first task
+    # projection still train (a per-task projection, model.ksm_projection, trains task t's own
+    # row under every rule). "full": "past", and the shared weights train on the first task
     # only, so the module's output for an earlier task cannot change (its input still can,
     # through the LayerNorms and partly-open HAT gates). An ablation: at 3 epochs on ASC "past"
     # raised CTR's MF1 on orders 1-4 (+3.9 on average) and put it +1.7 Acc above HAT over five
@@ -338,6 +347,7 @@ def check_ranges(cfg: ExperimentConfig) -> None:
 METHOD_MODULE_KEYS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.ksm_lr_scale": (lambda m: m.ksm is not None, "knowledge-sharing module"),
     "train.ksm_protect": (lambda m: m.ksm is not None, "knowledge-sharing module"),
+    "model.ksm_projection": (lambda m: m.ksm is not None, "knowledge-sharing module"),
     "hat.embedding_lr_scale": (lambda m: bool(m.hat), "HAT gates"),
 }
 

@@ -191,6 +191,12 @@ def test_out_of_range_values_name_the_key_and_the_file(override, message):
         ("asc_ncl.yaml", "hat.embedding_lr_scale=10", "HAT gates", "asc_hat.yaml"),
         ("asc_hat.yaml", "train.ksm_protect=full", "knowledge-sharing module", "asc_ctr.yaml"),
         ("asc_one.yaml", "train.ksm_protect=past", "knowledge-sharing module", "asc_bcl.yaml"),
+        (
+            "asc_ncl.yaml",
+            "model.ksm_projection=per_task",
+            "knowledge-sharing module",
+            "asc_ctr.yaml",
+        ),
     ],
 )
 def test_a_setting_for_a_module_the_method_lacks_is_refused(config, override, lacks, has):
@@ -200,7 +206,7 @@ def test_a_setting_for_a_module_the_method_lacks_is_refused(config, override, la
         load_config(CONFIGS[0].parent / config, [override])
     # A method that has the module takes it; the key's default is fine for every method.
     assert load_config(CONFIGS[0].parent / has, [override]).method == has[4:-5]
-    default = "none" if key == "train.ksm_protect" else "1"
+    default = {"train.ksm_protect": "none", "model.ksm_projection": "shared"}.get(key, "1")
     load_config(CONFIGS[0].parent / config, [f"{key}={default}"])
 
 

@@ -308,6 +308,46 @@ def test_ksm_protect_freezes_earlier_rows_and_shared_weights(ksm, ksm_protect):
         _protected_updates(trainable, 1, "shared")
 
 
+@pytest.mark.parametrize("ksm_protect", ["none", "past", "full"])
+def test_a_per_task_projection_moves_the_current_tasks_row_only(ksm_protect):
+    """model.ksm_projection=per_task: whatever train.ksm_protect, task t's W_big and b_big rows
+    alone get an update (earlier and future rows: exactly 0, weight decay on), as a head."""
+    cfg = dataclasses.replace(TINY_MODEL, ksm_projection="per_task")
+    _, trainable, _ = step.split_model(tiny_model(cfg=cfg))
+    for task in (0, 1):
+        upd = _protected_updates(trainable, task, ksm_protect)
+        for name in ("big_w", "big_b"):
+            u = upd[f"plugins.{name}.value"]  # [P, T, ...]
+            assert u.shape[:2] == (4, 3), u.shape
+            assert np.all(np.delete(u, task, axis=1) == 0), (name, task)
+            assert np.abs(u[:, task]).max() > 0, (name, task)
+
+
+@pytest.mark.parametrize("ksm", ["transfer", "dynamic"])
+def test_a_per_task_projection_is_read_by_its_task_alone(ksm):
+    """model.ksm_projection=per_task: task t's KSM output is its routed capsules through W_big[t]
+    plus b_big[t]; another task's projection changes nothing of it."""
+    cfg = dataclasses.replace(TINY_MODEL, ksm_projection="per_task")
+    plugins = tiny_model(cfg=cfg, ksm=ksm).plugins
+    x = jax.random.normal(jax.random.key(3), (2, 12, 32))
+    mask = jnp.ones((2, 12)).at[1, 7:].set(0.0)
+
+    def out(t: int) -> np.ndarray:
+        return np.asarray(plugins.ksm(1, x, mask, jnp.int32(t), None, False)[0])
+
+    w, b = plugins.big_w[...], plugins.big_b[...]  # [P, T, N*C, D], [P, T, D]
+    before = out(1)
+    plugins.big_w[...] = w.at[:, 0].multiply(5.0).at[:, 2].set(1.0)
+    plugins.big_b[...] = b.at[:, 0].set(2.0).at[:, 2].set(-3.0)
+    np.testing.assert_array_equal(out(1), before)
+    assert np.abs(out(0) - out(1)).max() > 1e-3
+    plugins.big_w[...] = jnp.zeros_like(w)  # only the bias row of the task remains
+    plugins.big_b[...] = jnp.zeros_like(b).at[1, :, 0].set(jnp.arange(3.0) + 1.0)
+    for t in range(3):
+        np.testing.assert_array_equal(out(t)[..., 0], np.full((2, 12), t + 1.0))
+        assert np.all(out(t)[..., 1:] == 0)
+
+
 def _task0_ksm(snapshots, trainable) -> np.ndarray:
     """Every plugin's KSM output for task 0 on a fixed input (no router noise): [P, 2, 12, 32]."""
     graphdef, frozen = snapshots["graph"]

@@ -19,6 +19,7 @@ One plugin, input x [B, L, D] (post-dropout dense output), task t, HAT scale s:
                delta_k = hard Gumbel-softmax(r_k)[0]   (straight-through in training)
                v[n] = sum_{k<=t} a_k[n] * delta_k * P[:, :, k, n]                   [B, L, N, C]
                ksm = v W_big + b_big                                                [B, L, D]
+               (W_big, b_big shared by all tasks, or task t's own: model.ksm_projection)
     TSM        out = x + m2 * relu(m1 * relu((x + ksm) W1 + b1) W2 + b2)            (spec §3.4)
 
 The same module serves the baselines (``ctr_jax/methods.py``):
@@ -26,7 +27,8 @@ The same module serves the baselines (``ctr_jax/methods.py``):
                c = softmax over tasks k <= t of agreement logits, 3 iterations  [B, L, T, N]
                ksm = (sum_k c_k P[:, :, k]) W_big + b_big
   B-CL's code routes in the batch-mixing layout, squashes over tokens and has a projection per
-  task; here it uses CTR's per-token layout and shared projection, so only the routing differs.
+  task; here it uses CTR's per-token layout and CTR's projection (shared by default,
+  model.ksm_projection), so only the routing differs.
 - no KSM (HAT, NCL, ONE, MTL): out = x + m2 * relu(m1 * relu(x W1 + b1) W2 + b2);
 - no HAT (NCL, ONE, MTL): m1 = m2 = 1, a plain bottleneck adapter of the same width.
 
@@ -221,9 +223,8 @@ class CLPlugins(nnx.Module):
             self._init_capsules(P, D, T, N, C, rngs)
         if ksm == "transfer":
             self._init_similarity(P, N * C, F, rngs)
-        if ksm is not None:  # KSM output projection N*C -> D, shared by all tasks (spec §10.12)
-            self.big_w = PluginParam(_normal(rngs, (P, N * C, D)))
-            self.big_b = PluginParam(jnp.zeros((P, D)), decay=False)
+        if ksm is not None:  # KSM output projection N*C -> D (spec §10.12)
+            self._init_projection(P, N * C, D, T, rngs)
         # TSM (HAT-masked MLP) and its gate embeddings; a plain adapter without HAT. The `tsm`
         # role marks the adapter either way (analysis groups it); `hat` is what optim masks.
         tag = (lambda role: {"tsm": role, "hat": role}) if use_hat else (lambda role: {"tsm": role})
@@ -251,6 +252,24 @@ class CLPlugins(nnx.Module):
         # W_route is a raw N(0, 1) parameter in the original (spec §4). Shared (every task
         # trains it), but its axis 2 indexes source tasks: train.ksm_protect freezes rows by it.
         self.route = PluginParam(jax.random.normal(rngs.params(), (P, N, T, C, C)), task_axis=2)
+
+    def _init_projection(self, P: int, nc: int, D: int, T: int, rngs: nnx.Rngs) -> None:
+        """W_big [P, N*C, D] and b_big [P, D] shared by all tasks, or one per task ([P, T, N*C, D],
+        [P, T, D]; task axis 1) whose earlier rows are frozen (``own_row``, as the heads)."""
+        if self.cfg.ksm_projection == "per_task":
+            own = dict(task_axis=1, own_row=True)
+            self.big_w = PluginParam(_normal(rngs, (P, T, nc, D)), **own)
+            self.big_b = PluginParam(jnp.zeros((P, T, D)), decay=False, **own)
+        else:
+            self.big_w = PluginParam(_normal(rngs, (P, nc, D)))
+            self.big_b = PluginParam(jnp.zeros((P, D)), decay=False)
+
+    def projection(self, prm: Params, task_id: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The output projection task `task_id` reads: (W_big [N*C, D], b_big [D])."""
+        w, b = prm["big_w"], prm["big_b"]
+        if self.cfg.ksm_projection == "per_task":
+            return jnp.take(w, task_id, axis=0), jnp.take(b, task_id, axis=0)
+        return w, b
 
     def _init_similarity(self, P: int, cin: int, F: int, rngs: nnx.Rngs) -> None:
         """CTR's similarity-estimator CNN, its current-task code map, similarity and router."""
@@ -328,7 +347,10 @@ class CLPlugins(nnx.Module):
         )
         n = jnp.maximum(jnp.sum(mask, axis=1), 1.0)  # [B]
         route = jnp.einsum("bltn,bl->bt", c, mask) / (n[:, None] * c.shape[-1])  # [B, T]
-        return self._project(prm, votes), {"route": route, "margin": jnp.full_like(route, jnp.nan)}
+        return self._project(prm, votes, task_id), {
+            "route": route,
+            "margin": jnp.full_like(route, jnp.nan),
+        }
 
     def _pre_route(
         self, prm: Params, x: jax.Array, mask: jax.Array, task_id: jax.Array
@@ -340,10 +362,10 @@ class CLPlugins(nnx.Module):
         pre = jnp.einsum("bltc,ntce->bltne", u, prm["route"])  # [B, L, T, N, C]
         return u, pre
 
-    @staticmethod
-    def _project(prm: Params, v: jax.Array) -> jax.Array:
+    def _project(self, prm: Params, v: jax.Array, task_id: jax.Array) -> jax.Array:
         """Transfer capsules back to the hidden width. v: [B, L, N, C] -> [B, L, D]."""
-        return v.reshape(*v.shape[:2], -1) @ prm["big_w"] + prm["big_b"]
+        w, b = self.projection(prm, task_id)
+        return v.reshape(*v.shape[:2], -1) @ w + b
 
     def transfer_ksm(
         self,
@@ -398,7 +420,7 @@ class CLPlugins(nnx.Module):
             "route": jax.lax.stop_gradient(delta) * causal,
             "margin": jax.lax.stop_gradient(logits[..., 0] - logits[..., 1]),
         }
-        return self._project(prm, v), record
+        return self._project(prm, v, task_id), record
 
     def _stacked_names(self) -> list[str]:
         """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
@@ -475,7 +497,7 @@ class CLPlugins(nnx.Module):
         if record is None:
             none = jnp.zeros((x.shape[0], self.num_tasks), x.dtype)
             record = {"route": none, "margin": jnp.full_like(none, jnp.nan)}
-        routed = None if ksm is None else ksm - prm["big_b"]
+        routed = None if ksm is None else ksm - self.projection(prm, task_id)[1]
         return x + a2, {
             **record,
             "x_rms": rms(x),

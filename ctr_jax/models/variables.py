@@ -14,11 +14,11 @@ by matching substrings of their paths. Spec §2 lists what is frozen and what is
 
 Metadata on a Variable (``nnx.Variable(value, **metadata)``) carries what the optimizer needs:
 ``task_axis`` (the axis that indexes tasks, for the per-task types and the KSM's routing
-matrices), ``decay`` (False for
-biases: no weight decay) and ``hat`` (``"w1" | "b1" | "w2" | "b2"`` on the four HAT-masked TSM
-leaves), and ``tsm`` (the same roles on the TSM's four leaves whether or not HAT gates them, so
-an analysis can find the adapter of NCL, ONE and MTL too). ``training/optim.py`` reads only
-these, never parameter names.
+matrices), ``own_row`` (True on a per-task KSM projection: like a head, only the current task's
+row is ever updated), ``decay`` (False for biases: no weight decay) and ``hat`` (``"w1" | "b1" |
+"w2" | "b2"`` on the four HAT-masked TSM leaves), and ``tsm`` (the same roles on the TSM's four
+leaves whether or not HAT gates them, so an analysis can find the adapter of NCL, ONE and MTL
+too). ``training/optim.py`` reads only these, never parameter names.
 
 ``group_of`` files every trainable Variable under one of ``GROUPS`` by the same type and
 metadata: the optimizer's per-group learning-rate factors and ``ctr_jax.drift`` read it.

@@ -9,11 +9,12 @@ BertAdam does not guarantee (spec §10.8).
 
 ``update_scales`` builds the scale tree for task t from the Variable metadata only
 (``variables.py``): HAT leaves get HAT's masks (``hat.tsm_scales``), per-task leaves a row mask
-(capsules: rows k <= t; HAT embeddings and heads: row t only, so previous tasks' gates and heads
-are bit-for-bit frozen), the layers' LayerNorms 0 with ``train.freeze_layernorms``, the
-knowledge-sharing module's earlier rows and shared weights by ``train.ksm_protect``, everything
-else 1. Learning-rate factors by parameter group (``lr_scales``: ``hat.embedding_lr_scale``,
-``train.ksm_lr_scale``) act after the learning rate and before the last protection stage.
+(capsules: rows k <= t; HAT embeddings, heads and a per-task KSM projection: row t only, so
+previous tasks' gates and heads are bit-for-bit frozen), the layers' LayerNorms 0 with
+``train.freeze_layernorms``, the knowledge-sharing module's earlier rows and shared weights by
+``train.ksm_protect``, everything else 1. Learning-rate factors by parameter group
+(``lr_scales``: ``hat.embedding_lr_scale``, ``train.ksm_lr_scale``) act after the learning rate
+and before the last protection stage.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ def update_scales(
             return v.replace(tsm[role])
         if isinstance(v, CapsuleParam):
             return v.replace(_row_mask(v, task_id, upto=not own_row))
+        if _meta(v, "own_row"):  # a per-task KSM projection: task t's row alone, as a head
+            return v.replace(_row_mask(v, task_id, upto=False))
         if group_of(v) == "ksm" and own_row and _meta(v, "task_axis") is not None:
             return v.replace(_row_mask(v, task_id, upto=False))  # the routing matrices
         if group_of(v) == "ksm" and ksm_protect == "full":
