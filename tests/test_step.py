@@ -38,11 +38,13 @@ VARIANTS = {"ctr": ("transfer", True), "bcl": ("dynamic", True), "hat": (None, T
 SHARED = {"ctr": ("route", "big_w", "sim_w", "conv_src3_w"), "bcl": ("route", "big_w"), "hat": ()}
 
 
-def _train_two_tasks(method: str, freeze_layernorms: bool = False, ksm_protect: str = "none"):
+def _train_two_tasks(
+    method: str, freeze_layernorms: bool = False, ksm_protect: str = "none", cfg=TINY_MODEL
+):
     """Trains task 0 then task 1 of a tiny model; returns everything the tests inspect."""
     ksm, use_hat = VARIANTS[method]
     chex.clear_trace_counter()  # the counter is per function code, shared across params
-    model = tiny_model(num_classes=(2, 2, 2), ksm=ksm, use_hat=use_hat)
+    model = tiny_model(num_classes=(2, 2, 2), cfg=cfg, ksm=ksm, use_hat=use_hat)
     if ksm == "transfer":
         open_router(model)
     graphdef, trainable, frozen = step.split_model(model)
@@ -373,6 +375,29 @@ def test_full_ksm_protection_keeps_an_earlier_tasks_ksm_output(two_tasks):
     moved = {k.split(".")[0] for k in b if np.any(a[k] != b[k])}
     # Task 1 still learns: its capsule and routing rows, and the TSM with its gates.
     assert moved == {"caps_w1", "caps_b1", "route", "w1", "b1", "w2", "b2", "e1", "e2"}
+
+
+def test_full_protection_with_per_task_projections_keeps_earlier_outputs():
+    """train.ksm_protect=full with model.ksm_projection=per_task: task 1 trains its own
+    projection row (so its module is not silent) while the module gives task 0 bit for bit the
+    output it gave after task 0."""
+    cfg = dataclasses.replace(TINY_MODEL, ksm_projection="per_task")
+    snaps, after, _ = _train_two_tasks("ctr", ksm_protect="full", cfg=cfg)
+    np.testing.assert_array_equal(_task0_ksm(snaps, after), _task0_ksm(snaps, snaps[0][0]))
+    b, a = _leaves(snaps[0][0]["plugins"]), _leaves(after["plugins"])
+    moved = {k.split(".")[0] for k in b if np.any(a[k] != b[k])}
+    assert moved == {"caps_w1", "caps_b1", "route", "big_w", "big_b"} | {
+        "w1",
+        "b1",
+        "w2",
+        "b2",
+        "e1",
+        "e2",
+    }
+    for name in ("big_w", "big_b"):  # [P, T, ...]: row 1 trained, rows 0 and 2 untouched
+        key = f"{name}.value"
+        np.testing.assert_array_equal(np.delete(a[key], 1, axis=1), np.delete(b[key], 1, axis=1))
+        assert np.abs(a[key][:, 1] - b[key][:, 1]).max() > 0
 
 
 def test_lr_scales_refuses_an_unknown_group():
