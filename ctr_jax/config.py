@@ -195,6 +195,13 @@ class TrainConfig:
     # spec §2, so they are the one place where a HAT-masked method's earlier tasks can still
     # move; README "LayerNorms and HAT's drift").
     freeze_layernorms: bool = False
+    # Learning-rate factor of those LayerNorms (1 = the shared lr; 0 = frozen, as
+    # freeze_layernorms). An ablation: our lr is 20x the original's 5e-5, because 5e-5 does not
+    # move this small backbone's adapters in a few epochs, and the LayerNorms, which no mask
+    # protects, got the 20x too; 0.05 gives them the original's rate back while the adapters
+    # keep 1e-3. At the paper's epochs HAT forgot through them (docs/FINDINGS.md, "ASC at the
+    # paper's epochs on this CPU"). Applied after Adam, before the protection.
+    layernorm_lr_scale: float = 1.0
     # Learning-rate factor of the knowledge-sharing module of CTR and B-CL: its task capsules,
     # routing matrices, similarity CNN, router and output projection (1 = the shared lr, as the
     # paper and the original). An ablation: on the default backbone the module's gradients
@@ -309,6 +316,7 @@ RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.warmup": ((lambda v: 0 <= v <= 1), "in [0, 1]"),
     "train.weight_decay": _at_least(0),
     "train.ksm_lr_scale": _at_least(0),
+    "train.layernorm_lr_scale": _at_least(0),
     "train.clip_norm": _above(0),
     "train.keep_checkpoints": _at_least(1),
     "train.epoch_checkpoint_s": _at_least(0),

@@ -173,6 +173,7 @@ def test_a_dsc_run_folder_from_before_data_seed_resumes_only_with_its_data(tmp_p
         ("hat.s_max=0.5", "hat.s_max: must be >= 1"),
         ("hat.reg_weight=-1", "hat.reg_weight: must be >= 0"),
         ("train.ksm_lr_scale=-2", "train.ksm_lr_scale: must be >= 0"),
+        ("train.layernorm_lr_scale=-0.1", "train.layernorm_lr_scale: must be >= 0"),
         ("data.seed=-1", "data.seed: must be >= 0"),
         ("data.num_tasks=0", "data.num_tasks: must be >= 1"),
         ("parallel.num_devices=0", "parallel.num_devices: must be >= 1"),

@@ -246,7 +246,7 @@ def test_ksm_lr_scale_multiplies_the_knowledge_sharing_module_only(ksm):
     _, trainable, _ = step.split_model(tiny_model(ksm=ksm))
     cfg = ExperimentConfig(method="ctr" if ksm == "transfer" else "bcl")
     factors = optim.lr_factors(dataclasses.replace(cfg, train=TrainConfig(ksm_lr_scale=8.0)))
-    assert factors == {"hat_embeddings": 1.0, "ksm": 8.0, "capsules": 8.0}
+    assert factors == {"hat_embeddings": 1.0, "ksm": 8.0, "capsules": 8.0, "layernorms": 1.0}
     assert optim.lr_scales(trainable, optim.lr_factors(cfg)) is None  # the default: no stage
     base = _updates_with_factors(trainable, None)
     scaled = _updates_with_factors(trainable, factors)
@@ -264,6 +264,26 @@ def test_ksm_lr_scale_multiplies_the_knowledge_sharing_module_only(ksm):
             assert np.abs(scaled[k]).max() > 0
             if k.split(".")[1].startswith("caps_"):  # task axis 1; task 1 learns: row 2 frozen
                 assert np.all(scaled[k][:, 2] == 0) and np.abs(scaled[k][:, 1]).min() > 0
+        else:
+            np.testing.assert_array_equal(scaled[k], base[k])
+
+
+def test_layernorm_lr_scale_multiplies_the_layernorms_only():
+    """train.layernorm_lr_scale (every method): the layers' LayerNorms move k times as far (the
+    same Adam step; they take no weight decay); every other leaf moves exactly as with k = 1."""
+    _, trainable, _ = step.split_model(tiny_model())
+    cfg = ExperimentConfig(train=TrainConfig(layernorm_lr_scale=0.05))
+    factors = optim.lr_factors(cfg)
+    assert factors["layernorms"] == 0.05
+    assert {v for g, v in factors.items() if g != "layernorms"} == {1.0}
+    base = _updates_with_factors(trainable, None)
+    scaled = _updates_with_factors(trainable, factors)
+    norms = {k for k in base if ".attn_norm." in k or ".out_norm." in k}
+    assert len(norms) == 8  # scale and bias of both LayerNorms of the tiny encoder's 2 layers
+    for k in base:
+        if k in norms:
+            np.testing.assert_allclose(scaled[k], 0.05 * base[k], rtol=1e-6)
+            assert np.abs(base[k]).min() > 0
         else:
             np.testing.assert_array_equal(scaled[k], base[k])
 

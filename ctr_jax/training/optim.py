@@ -13,8 +13,8 @@ BertAdam does not guarantee (spec §10.8).
 previous tasks' gates and heads are bit-for-bit frozen), the layers' LayerNorms 0 with
 ``train.freeze_layernorms``, the knowledge-sharing module's earlier rows and shared weights by
 ``train.ksm_protect``, everything else 1. Learning-rate factors by parameter group
-(``lr_scales``: ``hat.embedding_lr_scale``, ``train.ksm_lr_scale``) act after the learning rate
-and before the last protection stage.
+(``lr_scales``: ``hat.embedding_lr_scale``, ``train.ksm_lr_scale``,
+``train.layernorm_lr_scale``) act after the learning rate and before the last protection stage.
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ def lr_scales(trainable: nnx.State, factors: Mapping[str, float]) -> nnx.State |
 LR_SCALE_KEYS: dict[str, tuple[str, ...]] = {
     "hat.embedding_lr_scale": ("hat_embeddings",),
     "train.ksm_lr_scale": ("ksm", "capsules"),
+    "train.layernorm_lr_scale": ("layernorms",),
 }
 
 
