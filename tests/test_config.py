@@ -81,6 +81,27 @@ def test_legacy_values_fill_only_what_a_saved_config_lacks():
     assert with_legacy_values(explicit)["model"]["pooling"] == "mean"
 
 
+def test_a_run_folder_from_before_a_new_key_keeps_its_fingerprint(tmp_path):
+    """A key added later at its default changes the config's fingerprint, not the run: the
+    folder resumes, and its saved epochs stay keyed by the fingerprint it was made under."""
+    import json
+
+    from ctr_jax.training import loop
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old"])
+    assert loop.run_fingerprint(cfg) == cfg.fingerprint()  # no folder yet
+    saved = cfg.to_dict()
+    del saved["train"]["layernorm_lr_scale"]
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "f0", "config": saved}))
+    loop._check_run_dir(cfg)
+    assert loop.run_fingerprint(cfg) == "f0"
+    with pytest.raises(ConfigError, match=r"train\.layernorm_lr_scale"):
+        loop._check_run_dir(
+            load_config(None, [f"runs_dir={tmp_path}", "name=old", "train.layernorm_lr_scale=0.5"])
+        )
+
+
 def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_path):
     """Its heads read the pooler: resuming it with today's default (auto, the mean on the
     default backbone) would switch what they read mid-run, so it is refused, naming the key;

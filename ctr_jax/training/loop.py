@@ -131,6 +131,19 @@ def load_tasks(cfg: ExperimentConfig) -> list[Task]:
     return tasks
 
 
+def run_fingerprint(cfg: ExperimentConfig) -> str:
+    """The fingerprint the run folder was made under (its config.json's), else the config's.
+
+    The saved state of a task in progress is keyed by it, so a run that ``_check_run_dir``
+    accepts under a later version of ctr-jax (one that added a key at its default, which
+    changes the fingerprint, not the run) still goes on from its last saved epoch.
+    """
+    path = cfg.run_dir / "config.json"
+    if path.exists():
+        return json.loads(path.read_text()).get("fingerprint", cfg.fingerprint())
+    return cfg.fingerprint()
+
+
 def _check_run_dir(cfg: ExperimentConfig) -> None:
     """Writes config.json, or refuses a run folder made with a different config.
 
@@ -495,7 +508,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
     evaluate = Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
-    progress = PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, cfg.fingerprint())
+    progress = PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, run_fingerprint(cfg))
     ctx = _TaskContext(
         cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names,
         progress,
