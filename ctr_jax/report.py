@@ -159,8 +159,15 @@ def _config_value(config_file: Path, key: str) -> object:
 RESOLVED_IN_RESULTS: dict[str, str] = {"model.pooling": "pooling"}
 
 
+# Config keys whose null stands for a setting of its own: --by names it ("train.epochs=paper",
+# the paper's epochs per benchmark) rather than "None".
+NULL_MEANS: dict[str, str] = {"train.epochs": "paper"}
+
+
 def _variant_value(run: dict, config_file: Path, key: str) -> object:
     value = _config_value(config_file, key)
+    if value is None and key in NULL_MEANS:
+        return NULL_MEANS[key]
     field = RESOLVED_IN_RESULTS.get(key)
     if value == "auto" and field is not None and run.get(field) is not None:
         return run[field]

@@ -377,6 +377,23 @@ def test_by_splits_rows_by_config_value(runs, tmp_path):
     assert [r["method"] for r in plain] == ["ctr", "mtl"]
 
 
+def test_by_epochs_names_the_papers_epochs(runs, tmp_path):
+    # train.epochs null means the paper's epochs per benchmark: the label says so, not "None".
+    for name, epochs in (("ctr_o0", None), ("ctr_o1", 3), ("mtl", None), ("ncl_half", 3)):
+        (runs / name / "config.json").write_text(
+            json.dumps({"fingerprint": "x", "config": {"train": {"epochs": epochs}}})
+        )
+    out = tmp_path / "out"
+    report.write_report([runs], out, by=["train.epochs"])
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("ctr", "train.epochs=3"),
+        ("ctr", "train.epochs=paper"),
+        ("mtl", "train.epochs=paper"),
+    ]
+    assert "| CTR (train.epochs=paper) |" in (out / "results.md").read_text()
+
+
 def test_by_names_the_run_and_key_at_fault(runs, tmp_path):
     for name in ("ctr_o0", "ctr_o1", "mtl", "ncl_half"):
         _config(runs, name, 0.001)
