@@ -155,7 +155,8 @@ def router_stats(margins: list[np.ndarray]) -> list[dict[str, float]]:
                 "margin_mean": float(flat.mean()),
                 "margin_sd_examples": float(np.sqrt(var_ex.mean())),
                 "margin_sd_tasks": float(np.sqrt(np.concatenate(var_k).mean())) if var_k else None,
-                "train_open_prob": float(np.mean(1.0 / (1.0 + np.exp(-flat)))),
+                # the logistic as 0.5 (1 + tanh(x / 2)): no overflow at margins of -1000
+                "train_open_prob": float(np.mean(0.5 * (1.0 + np.tanh(flat / 2.0)))),
             }
         )
     return out
