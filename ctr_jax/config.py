@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from ctr_jax.data.benchmarks import NUM_ORDERS
 from ctr_jax.methods import METHODS
 
 
@@ -290,6 +291,7 @@ def _above(lo: float) -> tuple[typing.Callable[[Any], bool], str]:
 # to a shape error or a silent non-run deep inside JAX. None (where a key allows it) is always
 # fine; a tuple's every element must be in range, and the tuple must not be empty.
 RANGES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    "data.order": ((lambda v: 0 <= v < NUM_ORDERS), f"in [0, {NUM_ORDERS - 1}]"),
     "data.num_tasks": _at_least(1),
     "data.max_train_examples": _at_least(1),
     "data.seed": _at_least(0),

@@ -144,8 +144,8 @@ def run_fingerprint(cfg: ExperimentConfig) -> str:
     return cfg.fingerprint()
 
 
-def _check_run_dir(cfg: ExperimentConfig) -> None:
-    """Writes config.json, or refuses a run folder made with a different config.
+def _check_run_dir(cfg: ExperimentConfig) -> bool:
+    """Refuses a run folder made with a different config; True if it has no config.json yet.
 
     Keys the saved config lacks (added by a later version of ctr-jax) count as equal when the new
     value is their default, so a run started before such a key existed still resumes; a key of
@@ -164,8 +164,18 @@ def _check_run_dir(cfg: ExperimentConfig) -> None:
                     f"{run_dir} holds a run made with a different config (differs at {diff}). "
                     "Use another name (--set name=...) or delete the folder."
                 )
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
+        return False
+    return True
+
+
+def _write_run_config(cfg: ExperimentConfig) -> None:
+    """Writes the run folder's config.json (atomically), which binds the folder to the config.
+
+    Called once the data, backbone and model are set up, so a run that fails on bad input leaves
+    no config.json behind to refuse the corrected rerun into the same folder.
+    """
+    path = cfg.run_dir / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(
         json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2)
@@ -440,8 +450,7 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
 
 
 def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
-    if primary:
-        _check_run_dir(cfg)
+    new_run_dir = primary and _check_run_dir(cfg)
     if cfg.train.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get(
         "XLA_FLAGS", ""
     ):
@@ -471,6 +480,8 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     log.info("tokenized %d tasks in %.1fs", T, time.perf_counter() - t0)
 
     graphdef, trainable, frozen = build_model(cfg, method, tasks, backbone)
+    if new_run_dir:
+        _write_run_config(cfg)
     dp = DataParallel.create(cfg.parallel.num_devices)
     dp.check_batch_size(cfg.train.batch_size, "train.batch_size")
     dp.check_batch_size(cfg.train.eval_batch_size, "train.eval_batch_size")
