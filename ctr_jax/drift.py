@@ -32,7 +32,9 @@ Writes ``drift_K_L.json`` and a Markdown table, ``drift_K_L.md``, to ``--out`` (
 run folder): per task u its accuracy and
 macro-F1 at K and at L (checked against the run's accuracy matrix), and per group its
 ``revert`` and ``alone`` accuracy, macro-F1 and the share of u's predictions that differ from
-those at L; per group the relative size of its change, ||theta_L - theta_K|| / ||theta_K||.
+those at L; per group the relative size of its change, ||theta_L - theta_K|| / ||theta_K||,
+and since the run's start, ||theta_L - theta_0|| / ||theta_0|| (for the LayerNorms: how far
+from the pretrained values).
 ONE (each task its own model) and MTL (one joint phase) have no later phase that could move an
 earlier task: they are refused.
 """
@@ -56,7 +58,14 @@ from ctr_jax.models.variables import GROUPS, group_of, groups_present
 from ctr_jax.parallel import DataParallel
 from ctr_jax.tracking import setup_logging
 from ctr_jax.training import step
-from ctr_jax.training.loop import Evaluator, TrainedRun, load_trained, restore_task
+from ctr_jax.training.loop import (
+    Evaluator,
+    TrainedRun,
+    build_model,
+    load_trained,
+    resolve_backbone,
+    restore_task,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +113,21 @@ def make_evaluator(run: TrainedRun) -> Callable[[nnx.State, int], dict]:
     return Evaluator(eval_step, run.frozen, run.cfg, key, dp)
 
 
-def analyse(before: TrainedRun, after: TrainedRun, split: str = "test") -> dict:
+def start_state(run: TrainedRun) -> nnx.State:
+    """The trainable state `run` started from, rebuilt as ``loop.run`` builds it: the
+    backbone's pretrained LayerNorms, and the plugins, gate embeddings and heads initialised from
+    the run's seed."""
+    backbone = resolve_backbone(run.cfg.model.backbone)
+    return build_model(run.cfg, run.method, run.tasks, backbone)[1]
+
+
+def analyse(
+    before: TrainedRun, after: TrainedRun, split: str = "test", start: nnx.State | None = None
+) -> dict:
     """The drift report (module docstring) of two states of one run, K = before.last_task <
-    L = after.last_task, as a JSON-ready dict.
+    L = after.last_task, as a JSON-ready dict. With `start` (``start_state``) it also has
+    ``change_from_start``: each group's ||theta_L - theta_0|| / ||theta_0||, how far training
+    has taken it from where the run began (the LayerNorms: from the pretrained values).
 
     Raises ConfigError for ONE or MTL, for K >= L, or if a recomputed test accuracy differs
     from the run's accuracy matrix (the checkpoints do not match the run's results).
@@ -164,7 +185,12 @@ def analyse(before: TrainedRun, after: TrainedRun, split: str = "test") -> dict:
         "groups": groups,
         "change": change_norms(before.trainable, after.trainable),
         "per_task": rows,
+        **({} if start is None else {"change_from_start": change_norms(start, after.trainable)}),
     }
+
+
+def _norms(norms: dict[str, float | None]) -> str:
+    return ", ".join(f"{g} {'- (from 0)' if v is None else f'{v:.3g}'}" for g, v in norms.items())
 
 
 def write_table(report: dict) -> str:
@@ -179,11 +205,16 @@ def write_table(report: dict) -> str:
                  *[r["revert"][g]["acc"] for g in groups]]  # fmt: skip
         lines.append("| " + " | ".join(c if isinstance(c, str) else f"{100 * c:.1f}"
                                        for c in cells) + " |")  # fmt: skip
-    change = ", ".join(
-        f"{g} {'- (from 0)' if v is None else f'{v:.3g}'}" for g, v in report["change"].items()
-    )
     lines.append("")
-    lines.append(f"relative change ||theta_{L} - theta_{K}|| / ||theta_{K}||: {change}")
+    lines.append(
+        f"relative change ||theta_{L} - theta_{K}|| / ||theta_{K}||: {_norms(report['change'])}"
+    )
+    if "change_from_start" in report:
+        lines.append("")
+        lines.append(
+            f"since the run's start, ||theta_{L} - theta_0|| / ||theta_0||: "
+            f"{_norms(report['change_from_start'])}"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             from_task = earlier[-1]
         after = load_trained(args.run_dir, to_task)
         before = restore_task(after, args.run_dir, from_task)
-        report = analyse(before, after, args.split)
+        report = analyse(before, after, args.split, start_state(after))
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

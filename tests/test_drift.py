@@ -83,7 +83,8 @@ def check_drift(run_dir, tmp_path):
     after = loop.load_trained(run_dir)
     before = loop.restore_task(after, run_dir, 0)
     assert (before.last_task, after.last_task) == (0, 1)
-    report = drift.analyse(before, after)  # raises if an accuracy differs from the run's
+    start = drift.start_state(after)
+    report = drift.analyse(before, after, start=start)  # raises if an accuracy differs
     results = json.loads((run_dir / "results.json").read_text())
     acc = np.asarray(results["acc"], dtype=float)
     (row,) = report["per_task"]  # task 0 only: the one learned before K = 0's checkpoint
@@ -100,6 +101,9 @@ def check_drift(run_dir, tmp_path):
         assert 0.0 <= row["revert"][g]["changed"] <= 1.0
     # Learning task 1 moved the shared groups and task 1's own rows.
     assert all(report["change"][g] > 0.0 for g in report["groups"])
+    # Since the start: the same groups, each moved (the LayerNorms from the pretrained values).
+    assert list(report["change_from_start"]) == report["groups"]
+    assert all(v > 0.0 for v in report["change_from_start"].values())
     with pytest.raises(ConfigError, match="earlier task"):
         drift.analyse(after, before)
     with pytest.raises(ConfigError, match="sequential method"):
@@ -108,6 +112,7 @@ def check_drift(run_dir, tmp_path):
         loop.restore_task(after, run_dir, 5)
     table = drift.write_table(report)
     assert "layernorms reverted" in table and row["task"] in table
+    assert "since the run's start" in table
     assert drift.main([str(run_dir), "--out", str(tmp_path)]) == 0
     written = json.loads((tmp_path / "drift_0_1.json").read_text())
     assert written["per_task"][0]["at_to"] == row["at_to"]

@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from ctr_jax import drift
 from ctr_jax.checkpoint import TaskCheckpointer
 from ctr_jax.config import ConfigError, load_config
 from ctr_jax.data.custom import load_custom
@@ -243,8 +244,7 @@ def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
     with TaskCheckpointer(cfg.run_dir / "checkpoints") as ckpt:
         assert ckpt.all_tasks() == [1]  # train.keep_checkpoints=1: the newest only
     run = loop.load_trained(cfg.run_dir)
-    backbone = loop.resolve_backbone(run.cfg.model.backbone)
-    _, fresh, _ = loop.build_model(run.cfg, run.method, run.tasks, backbone)
+    fresh = drift.start_state(run)  # the pretrained LayerNorms, the plugins' initial values
 
     def same(part):
         pairs = zip(jax.tree.leaves(run.trainable[part]), jax.tree.leaves(fresh[part]), strict=True)
@@ -252,6 +252,8 @@ def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
 
     assert same("encoder") and all(same("encoder"))  # the layers' LayerNorms, untouched
     assert not all(same("plugins"))
+    since = drift.change_norms(fresh, run.trainable)  # as the drift report's since-the-start
+    assert since["layernorms"] == 0.0 and since["tsm"] > 0.0
 
 
 @pytest.mark.parametrize("bad", ["0", "-1"])
