@@ -1,9 +1,10 @@
 """What the knowledge-sharing module does in a trained run: transfer routing, KSM strength, and
 the accuracy it is worth.
 
-    python -m ctr_jax.transfer runs/asc_ctr [--split test] [--out DIR]
+    python -m ctr_jax.transfer runs/asc_ctr [--task K] [--split test] [--out DIR]
 
-Loads the run folder's newest checkpoint (``loop.load_trained``) and evaluates every learned task
+Loads the run folder's newest checkpoint, or with ``--task K`` the one after task K (0-based;
+``loop.load_trained``; files ``transfer_after_K.*``), and evaluates every learned task
 u on its split in evaluation mode (s = s_max, the run's router noise and evaluation keys, so the
 accuracies equal row ``last`` of the run's accuracy matrix; the tool checks that they do). For a
 CTR or B-CL run it writes to ``--out`` (default: the run folder):
@@ -395,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("run_dir", type=Path, help="a CTR or B-CL run folder with checkpoints")
+    parser.add_argument(
+        "--task",
+        type=int,
+        default=None,
+        metavar="K",
+        help="analyse the checkpoint after task K (0-based; default: the newest) and write "
+        "transfer_after_K.* (a run keeps every task's with train.keep_checkpoints=null)",
+    )
     parser.add_argument("--split", choices=("test", "dev", "train"), default="test")
     parser.add_argument("--out", type=Path, default=None, help="output folder (the run's)")
     parser.add_argument("--no-plot", action="store_true", help="JSON and CSV only")
@@ -414,9 +423,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.grads < 0:
         parser.error(f"--grads must be >= 0, got {args.grads}")
+    if args.task is not None and (args.task < 0 or args.init):
+        parser.error("--task takes a task index >= 0, and not with --init")
     setup_logging("INFO")
     try:
-        run = load_trained(args.run_dir)
+        run = load_trained(args.run_dir, args.task)
         if args.init:
             run = init_state(run)
         report = analyse(run, args.split, check_acc=not args.init, grads=args.grads)
@@ -425,6 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     stem = "transfer_init" if args.init else "transfer"
+    if args.task is not None:
+        stem = f"transfer_after_{args.task}"
     files = write(report, args.out or args.run_dir, plot=not args.no_plot, stem=stem)
     print(f"wrote {', '.join(str(f) for f in files)}")
     return 0

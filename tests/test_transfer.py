@@ -148,6 +148,13 @@ def check_report(run_dir, tmp_path):
         d["margin_mean"] for d in router
     ]
 
+    # --task 0: the checkpoint after the first task, checked against that row of the matrix.
+    assert transfer.main([str(run_dir), "--task", "0", "--no-plot", "--out", str(tmp_path)]) == 0
+    first = json.loads((tmp_path / "transfer_after_0.json").read_text())
+    assert first["after_task"] == 0 and first["tasks"] == report["tasks"][:1]
+    assert first["per_task"][0]["acc"] == pytest.approx(results["acc"][0][0], abs=1e-12)
+    assert transfer.main([str(run_dir), "--task", "5", "--no-plot", "--out", str(tmp_path)]) == 2
+
     # A checkpoint that does not match the run's matrix is refused, not reported.
     run.acc[1, 0] = run.acc[1, 0] + 0.5
     with pytest.raises(ConfigError, match="differs from the run's"):
