@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 # Keys (dotted paths) that never change results beyond float summation order: logging, devices,
-# padded lengths (padding is masked everywhere, tests/test_padding.py) and how the encoder's
+# padded lengths (padding is masked everywhere, tests/test_plugins.py; not under the torch
+# routing layout, see BATCHING_KEYS) and how the encoder's
 # layer loop is compiled. A run may resume with other values for them. (With
 # model.eval_router_noise on, the evaluation's noise draws follow its batches, so the eval
 # batching keys move those draws; off, the default, they change nothing.)
@@ -43,6 +44,9 @@ UNFINGERPRINTED = (
     "train.keep_checkpoints",
     "train.epoch_checkpoint_s",
 )
+# Under model.routing_layout="torch" a batch's size, composition and padded length change every
+# output (spec §3.5), so the batching keys are part of what a run's results depend on.
+BATCHING_KEYS = ("train.buckets", "train.eval_max_tokens")
 
 # Benchmarks whose data depend on data.seed (DSC small's 200-review subsets, the 20News split);
 # data.max_train_examples's subsample does too, on any benchmark.
@@ -152,6 +156,13 @@ class ModelConfig:
     # gives an earlier task (at the paper's epochs on ASC the shared one was part of what
     # flipped an earlier task, docs/FINDINGS.md).
     ksm_projection: Literal["shared", "per_task"] = "shared"
+    # CTR only: the tensor layout of transfer routing (spec §3.5, Appendix A). "semantic": the
+    # method as described, every example routed from its own capsules, padding masked.
+    # "torch": the original code's row-major reshapes, which mix tokens, capsule dims, tasks and
+    # the examples of a batch, and pool over padding; its outputs depend on the batch's size,
+    # composition and padded length (train.buckets=[128] pads as the original does). The
+    # paper's numbers came from that code.
+    routing_layout: Literal["semantic", "torch"] = "semantic"
     # B-CL only: iterations of its dynamic routing (spec §9.3).
     routing_iters: int = 3
     # Matmul dtype of the frozen encoder's dense layers ("bfloat16" on GPU/TPU: about 2x faster
@@ -358,6 +369,7 @@ METHOD_MODULE_KEYS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.ksm_lr_scale": (lambda m: m.ksm is not None, "knowledge-sharing module"),
     "train.ksm_protect": (lambda m: m.ksm is not None, "knowledge-sharing module"),
     "model.ksm_projection": (lambda m: m.ksm is not None, "knowledge-sharing module"),
+    "model.routing_layout": (lambda m: m.ksm == "transfer", "transfer routing"),
     "hat.embedding_lr_scale": (lambda m: bool(m.hat), "HAT gates"),
 }
 
@@ -424,6 +436,8 @@ class ExperimentConfig:
         """to_dict() without the keys that do not change results (log level, devices)."""
         d = self.to_dict()
         for key in UNFINGERPRINTED:
+            if self.model.routing_layout == "torch" and key in BATCHING_KEYS:
+                continue
             *parents, leaf = key.split(".")
             node = d
             for name in parents:

@@ -32,6 +32,15 @@ def test_overrides_and_types():
     assert load_config(None, ["log_level=DEBUG"]).fingerprint() == load_config().fingerprint()
 
 
+@pytest.mark.parametrize("layout,counts", [("semantic", False), ("torch", True)])
+def test_batching_keys_enter_the_fingerprint_only_under_the_torch_layout(layout, counts):
+    """The original's layout mixes a batch's examples, so its results depend on the batching."""
+    base = [f"model.routing_layout={layout}"]
+    for key in ("train.buckets=[32, 128]", "train.eval_max_tokens=null"):
+        other = load_config(None, [*base, key]).fingerprint()
+        assert (other != load_config(None, base).fingerprint()) == counts, key
+
+
 @pytest.mark.parametrize(
     "override, key",
     [
@@ -219,6 +228,7 @@ def test_out_of_range_values_name_the_key_and_the_file(override, message):
             "knowledge-sharing module",
             "asc_ctr.yaml",
         ),
+        ("asc_bcl.yaml", "model.routing_layout=torch", "transfer routing", "asc_ctr.yaml"),
     ],
 )
 def test_a_setting_for_a_module_the_method_lacks_is_refused(config, override, lacks, has):
@@ -228,7 +238,11 @@ def test_a_setting_for_a_module_the_method_lacks_is_refused(config, override, la
         load_config(CONFIGS[0].parent / config, [override])
     # A method that has the module takes it; the key's default is fine for every method.
     assert load_config(CONFIGS[0].parent / has, [override]).method == has[4:-5]
-    default = {"train.ksm_protect": "none", "model.ksm_projection": "shared"}.get(key, "1")
+    default = {
+        "train.ksm_protect": "none",
+        "model.ksm_projection": "shared",
+        "model.routing_layout": "semantic",
+    }.get(key, "1")
     load_config(CONFIGS[0].parent / config, [f"{key}={default}"])
 
 

@@ -33,7 +33,8 @@ The same module serves the baselines (``ctr_jax/methods.py``):
 - no HAT (NCL, ONE, MTL): m1 = m2 = 1, a plain bottleneck adapter of the same width.
 
 Deviations from the original code, on purpose (README "Deviations"):
-- routing is per example ("semantic" layout, spec §3.5), not the original's batch-mixing reshapes;
+- routing is per example ("semantic" layout, spec §3.5), not the original's batch-mixing reshapes
+  (those are ``transfer_ksm_torch``, model.routing_layout="torch");
 - future capsules are masked out before the squash (the original lets them into the norm);
 - padding never changes a result: padded positions are zeroed before the similarity CNN and
   excluded from its max-pool (the original pools over padding);
@@ -332,6 +333,8 @@ class CLPlugins(nnx.Module):
         (``transfer_ksm``; NaN for B-CL, which has no router)."""
         if self.ksm_kind == "dynamic":
             return self.dynamic_ksm(p, x, mask, task_id)
+        if self.cfg.routing_layout == "torch":
+            return self.transfer_ksm_torch(p, x, task_id, router_key, straight_through)
         return self.transfer_ksm(p, x, mask, task_id, router_key, straight_through)
 
     def dynamic_ksm(
@@ -421,6 +424,74 @@ class CLPlugins(nnx.Module):
             "margin": jax.lax.stop_gradient(logits[..., 0] - logits[..., 1]),
         }
         return self._project(prm, v, task_id), record
+
+    def transfer_ksm_torch(
+        self,
+        p: PluginRef,
+        x: jax.Array,
+        task_id: jax.Array,
+        router_key: jax.Array | None,
+        straight_through: bool,
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """CTR's KSM of plugin p in the original code's layout (model.routing_layout="torch").
+
+        x: [B, L, D] -> ([B, L, D], record as ``transfer_ksm``). Spec Appendix A step by step, on
+        the row-major buffers the original reshapes (i = b * L + l a flat token):
+
+            A2  X [B*L, T, C]     the per-token [C, T] capsule buffer read as T slots of C
+            A3  P [N, B*L, T, C]  P[n, i, a] = X[i, a] @ W_route[n, a]
+            A4  Phi_a [B, L, N*C] = P[:, :, a] (an [N, B*L, C] buffer) reshaped: example b's
+                                    features come from other examples' tokens
+            A5  c_t from Phi_t (slot t), z_a from every Phi_a, as the semantic layout's CNN
+            A6  sim [B, N*C, T], delta [B, T]
+            A7  both tiled L times over rows (row r is example r mod B), sim reshaped to
+                [N, B*L, T, C]: token i is weighted by example i mod B's gates
+            A8  v[n, i] = sum_{a <= t} sim_t[n, i, a] * delta_t[i, a] * P[n, i, a]
+            A9  v [N, B*L, C] reshaped to [B, L, N*C], then W_big, b_big
+
+        Padding enters as in the original: padded tokens' capsules are not zeroed and the
+        max-pools run over every position. Future tasks' capsules stay zero (``task_capsules``),
+        so the slots hold only learned tasks' values, as in the semantic layout.
+        """
+        prm = self._params(p)
+        B, L, _ = x.shape
+        T, C, N = self.num_tasks, self.cfg.capsule_dim, self.cfg.num_transfer_caps
+        F = self.cfg.cnn_filters
+        u = self.task_capsules(prm, x, task_id)  # [B, L, T, C]
+        slots = jnp.swapaxes(u, 2, 3).reshape(B * L, T, C)  # A2
+        pre = jnp.einsum("iad,nade->niae", slots, prm["route"])  # A3 [N, B*L, T, C]
+        phi = jnp.transpose(pre, (2, 0, 1, 3)).reshape(T, B, L, N * C)  # A4
+        phi = jnp.swapaxes(phi, 0, 1)  # [B, T, L, N*C]
+        phi_t = jnp.take(phi, task_id, axis=1)  # [B, L, N*C]
+        codes = []
+        for k in self.cfg.cnn_kernels:
+            pad = k - 2
+            win = _windows(jnp.pad(phi_t, ((0, 0), (pad, pad), (0, 0))), k)  # [B, L + k - 3, k*NC]
+            bias = jnp.broadcast_to(prm[f"conv_cur{k}_b"], (B, F))
+            kernel = prm[f"conv_cur{k}_w"][None]  # [1, k*N*C, F]
+            every = jnp.ones(win.shape[:2], bool)
+            codes.append(conv_relu_maxpool(win[:, None], kernel, bias, every)[:, 0])  # [B, F]
+        cur = jnp.concatenate(codes, axis=-1) @ prm["cur_w"] + prm["cur_b"]  # [B, F]
+        feats = []
+        for k in self.cfg.cnn_kernels:
+            win = _windows(phi, k)  # [B, T, L - k + 1, k*N*C]
+            kernel = jnp.broadcast_to(prm[f"conv_src{k}_w"], (T, *prm[f"conv_src{k}_w"].shape))
+            every = jnp.ones((B, win.shape[2]), bool)
+            feats.append(conv_relu_maxpool(win, kernel, prm[f"conv_src{k}_b"] + cur, every))
+        z = jnp.concatenate(feats, axis=-1)  # [B, T, 3F]
+        sim = z @ prm["sim_w"] + prm["sim_b"]  # [B, T, N*C]
+        logits = z @ prm["dec_w"] + prm["dec_b"]  # [B, T, 2]
+        delta = hard_gumbel_gate(logits, router_key, self.cfg.router_tau, straight_through)
+        causal = (jnp.arange(T) <= task_id).astype(x.dtype)  # [T]
+        sim_rows = jnp.tile(jnp.swapaxes(sim, 1, 2), (L, 1, 1)).reshape(N, B * L, T, C)  # A6-7
+        gate_rows = jnp.tile(delta * causal, (L, 1))  # [B*L, T]
+        v = jnp.einsum("niac,ia,niac->nic", sim_rows, gate_rows, pre)  # A8 [N, B*L, C]
+        w, b = self.projection(prm, task_id)
+        record = {
+            "route": jax.lax.stop_gradient(delta) * causal,
+            "margin": jax.lax.stop_gradient(logits[..., 0] - logits[..., 1]),
+        }
+        return v.reshape(B, L, N * C) @ w + b, record  # A9
 
     def _stacked_names(self) -> list[str]:
         """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
