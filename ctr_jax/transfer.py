@@ -13,6 +13,9 @@ CTR or B-CL run it writes to ``--out`` (default: the run folder):
   - ``route[u][k]`` (k <= u): how much task k's capsules feed task u's examples, averaged over the
     examples and all plugins. CTR: the share of (example, plugin) pairs whose router gate delta_k
     is 1 ("transfer from k"); B-CL: the mean dynamic-routing coupling coefficient of task k.
+    (Under ``model.routing_layout=torch`` the gate decided for example b weights the
+    flat tokens i with i mod B = b, mostly other examples' (spec §3.5), and slot k
+    holds a mix of tasks' capsule dims, so k is the original's slot index.)
   - ``ksm_rms_ratio`` / ``tsm_rms_ratio``: RMS of the KSM's output and of the TSM's output over the
     RMS of the plugin's input (real tokens, mean over examples and plugins): how large the
     knowledge-sharing signal is next to what it is added to; ``routed_rms_ratio``: the same
