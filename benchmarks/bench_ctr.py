@@ -37,7 +37,7 @@ PADDINGS = {  # --padding choices: the padded lengths a batch may get
     "128": (128,),  # the original's fixed padding
 }
 ROW_FIELDS = ("method", "capacity", "width", "padding", "dtype", "max_tokens", "eval_max_tokens",
-              "unroll", "remat", "pooling",
+              "unroll", "remat", "pooling", "layout",
               "compile_s", "train_ex_s", "eval_ex_s", "peak_rss_mb", "device_peak_mb",
               "train_gflop_s")  # fmt: skip
 
@@ -100,6 +100,7 @@ def run_row(
     remat: bool = False,
     eval_max_tokens: int | None = None,
     pooling: str = "pooler",
+    layout: str = "semantic",
 ) -> dict:
     import jax
     import jax.numpy as jnp
@@ -114,7 +115,8 @@ def run_row(
     from ctr_jax.training.loop import _cast_kernels
 
     m = get_method(method)
-    cfg = ModelConfig(tsm_width=width, compute_dtype=dtype, pooling=pooling)
+    routing = dict(routing_layout=layout) if m.ksm == "transfer" else {}
+    cfg = ModelConfig(tsm_width=width, compute_dtype=dtype, pooling=pooling, **routing)
     encoder = load_pretrained(resolve_backbone(None))
     model = CTRClassifier(encoder, [3] * capacity, cfg, ksm=m.ksm, use_hat=m.hat, rngs=nnx.Rngs(0))
     if dtype != "float32":
@@ -181,7 +183,7 @@ def run_row(
     dev_peak = round(stats["peak_bytes_in_use"] / 2**20) if "peak_bytes_in_use" in stats else "-"
     return dict(method=method, capacity=capacity, width=width, padding=padding, dtype=dtype,
                 max_tokens=max_tokens, eval_max_tokens=eval_max_tokens, unroll=unroll,
-                remat=remat, pooling=pooling,
+                remat=remat, pooling=pooling, layout=cfg.routing_layout if routing else "-",
                 compile_s=round(compile_s, 1), train_ex_s=round(train_ex_s, 1),
                 eval_ex_s=round(eval_ex_s, 1), peak_rss_mb=round(peak),
                 device_peak_mb=dev_peak, train_gflop_s=round(gflop_s, 1))  # fmt: skip
@@ -220,6 +222,13 @@ def main() -> None:
         help="model.pooling (default pooler, as the tables before 2026-12-01; a run's "
         "default, auto, reads the mean on the default backbone, at the same speed)",
     )
+    p.add_argument(
+        "--routing-layout",
+        nargs="+",
+        default=["semantic"],
+        choices=["semantic", "torch"],
+        help="model.routing_layout of CTR rows (other methods have no transfer routing)",
+    )
     p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--row", help=argparse.SUPPRESS)  # internal: one row, in this process
     args = p.parse_args()
@@ -239,9 +248,10 @@ def main() -> None:
         caps = args.capacity if method in ("ctr", "bcl") else [max(args.capacity)]
         for cap in caps:
             for padding in args.padding:
-                for dtype, pooling in itertools.product(args.dtype, args.pooling):
+                layouts = args.routing_layout if method == "ctr" else ["semantic"]
+                for dtype, pooling, layout in itertools.product(args.dtype, args.pooling, layouts):
                     spec = dict(method=method, capacity=cap, padding=padding, steps=args.steps,
-                                dtype=dtype, pooling=pooling, width=args.tsm_width,
+                                dtype=dtype, pooling=pooling, width=args.tsm_width, layout=layout,
                                 max_tokens=args.max_tokens, unroll=args.unroll,
                                 eval_max_tokens=args.eval_max_tokens or None,
                                 remat=args.remat == "on")  # fmt: skip
