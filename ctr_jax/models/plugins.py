@@ -36,8 +36,8 @@ Deviations from the original code, on purpose (README "Deviations"):
 - routing is per example ("semantic" layout, spec §3.5), not the original's batch-mixing reshapes
   (those are ``transfer_ksm_torch``, model.routing_layout="torch");
 - future capsules are masked out before the squash (the original lets them into the norm);
-- padding never changes a result: padded positions are zeroed before the similarity CNN and
-  excluded from its max-pool (the original pools over padding);
+- padding never changes a result (semantic layout): padded positions are zeroed before the
+  similarity CNN and excluded from its max-pool (the original pools over padding);
 - the "phantom" gate of spec §3.3 is dropped (it multiplies nothing in the forward pass).
 
 Legend: B batch, L tokens, D encoder width, T task capacity, C capsule dim, N transfer capsules,
@@ -486,12 +486,11 @@ class CLPlugins(nnx.Module):
         sim_rows = jnp.tile(jnp.swapaxes(sim, 1, 2), (L, 1, 1)).reshape(N, B * L, T, C)  # A6-7
         gate_rows = jnp.tile(delta * causal, (L, 1))  # [B*L, T]
         v = jnp.einsum("niac,ia,niac->nic", sim_rows, gate_rows, pre)  # A8 [N, B*L, C]
-        w, b = self.projection(prm, task_id)
         record = {
             "route": jax.lax.stop_gradient(delta) * causal,
             "margin": jax.lax.stop_gradient(logits[..., 0] - logits[..., 1]),
         }
-        return v.reshape(B, L, N * C) @ w + b, record  # A9
+        return self._project(prm, v.reshape(B, L, N, C), task_id), record  # A9
 
     def _stacked_names(self) -> list[str]:
         """Attribute names of the parameters stacked on the plugin axis (not the HAT embeddings,
