@@ -100,15 +100,35 @@ def test_a_run_folder_from_before_a_new_key_keeps_its_fingerprint(tmp_path):
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old"])
     assert loop.run_fingerprint(cfg) == cfg.fingerprint()  # no folder yet
     saved = cfg.to_dict()
-    del saved["train"]["layernorm_lr_scale"]
+    del saved["train"]["ksm_lr_scale"]
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "f0", "config": saved}))
     loop._check_run_dir(cfg)
     assert loop.run_fingerprint(cfg) == "f0"
-    with pytest.raises(ConfigError, match=r"train\.layernorm_lr_scale"):
+    with pytest.raises(ConfigError, match=r"train\.ksm_lr_scale"):
         loop._check_run_dir(
-            load_config(None, [f"runs_dir={tmp_path}", "name=old", "train.layernorm_lr_scale=0.5"])
+            load_config(None, [f"runs_dir={tmp_path}", "name=old", "train.ksm_lr_scale=2"])
         )
+
+
+def test_a_run_folder_from_before_the_layernorm_rate_key_resumes_at_rate_one_only(tmp_path):
+    """Before train.layernorm_lr_scale existed the LayerNorms trained at the shared lr: such a
+    folder is refused at today's default (0.05), naming the key, and resumes with 1."""
+    import json
+
+    from ctr_jax.config import with_legacy_values
+    from ctr_jax.training import loop
+
+    assert ExperimentConfig().train.layernorm_lr_scale == 0.05
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old", "train.layernorm_lr_scale=1"])
+    saved = cfg.to_dict()
+    del saved["train"]["layernorm_lr_scale"]
+    assert with_legacy_values(saved)["train"]["layernorm_lr_scale"] == 1.0
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "0", "config": saved}))
+    loop._check_run_dir(cfg)
+    with pytest.raises(ConfigError, match=r"train\.layernorm_lr_scale"):
+        loop._check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
 
 
 def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_path):

@@ -244,10 +244,15 @@ def test_ksm_lr_scale_multiplies_the_knowledge_sharing_module_only(ksm):
     times as far; future capsule rows stay frozen; the TSM, LayerNorms, gate embeddings and
     heads move exactly as with k = 1."""
     _, trainable, _ = step.split_model(tiny_model(ksm=ksm))
-    cfg = ExperimentConfig(method="ctr" if ksm == "transfer" else "bcl")
-    factors = optim.lr_factors(dataclasses.replace(cfg, train=TrainConfig(ksm_lr_scale=8.0)))
+    # The LayerNorms at the shared lr, so that the KSM's factor is the only one off 1.
+    cfg = ExperimentConfig(
+        method="ctr" if ksm == "transfer" else "bcl", train=TrainConfig(layernorm_lr_scale=1.0)
+    )
+    factors = optim.lr_factors(
+        dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ksm_lr_scale=8.0))
+    )
     assert factors == {"hat_embeddings": 1.0, "ksm": 8.0, "capsules": 8.0, "layernorms": 1.0}
-    assert optim.lr_scales(trainable, optim.lr_factors(cfg)) is None  # the default: no stage
+    assert optim.lr_scales(trainable, optim.lr_factors(cfg)) is None  # all 1: no stage
     base = _updates_with_factors(trainable, None)
     scaled = _updates_with_factors(trainable, factors)
     # Every plugin leaf but the TSM's four and the gate embeddings belongs to the KSM.
@@ -272,7 +277,7 @@ def test_layernorm_lr_scale_multiplies_the_layernorms_only():
     """train.layernorm_lr_scale (every method): the layers' LayerNorms move k times as far (the
     same Adam step; they take no weight decay); every other leaf moves exactly as with k = 1."""
     _, trainable, _ = step.split_model(tiny_model())
-    cfg = ExperimentConfig(train=TrainConfig(layernorm_lr_scale=0.05))
+    cfg = ExperimentConfig()  # 0.05 is the default since session 47
     factors = optim.lr_factors(cfg)
     assert factors["layernorms"] == 0.05
     assert {v for g, v in factors.items() if g != "layernorms"} == {1.0}
