@@ -219,8 +219,8 @@ class TrainConfig:
     # protects, got the 20x too; at 1 HAT forgot through them at the paper's epochs (FR 10.8 on
     # ASC order 0). 0.05 gives them the original's rate back while the adapters keep 1e-3: HAT
     # and CTR then score higher at 3 and at the paper's epochs, and NCL, which no mask guards,
-    # still forgets as in the paper (docs/FINDINGS.md, "ASC at the paper's epochs on this CPU"
-    # and "Session 46"). Applied after Adam, before the protection.
+    # still forgets as in the paper (docs/FINDINGS.md, "The LayerNorms' rate becomes the
+    # default"). Applied after Adam, before the protection.
     layernorm_lr_scale: float = 0.05
     # Learning-rate factor of the knowledge-sharing module of CTR and B-CL: its task capsules,
     # routing matrices, similarity CNN, router and output projection (1 = the shared lr, as the
