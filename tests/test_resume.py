@@ -75,6 +75,22 @@ def test_a_state_of_another_task_or_config_is_dropped(tmp_path, caplog):
     assert not any((tmp_path / DIRNAME).iterdir())
 
 
+def test_close_removes_the_folder_only_when_nothing_is_left_in_it(tmp_path):
+    trainable, opt_state = _trained(1.0)
+    state = PhaseState(1, 5, trainable, opt_state, None, (math.inf,), -1, (0.0, 0.0))
+    ckpt = PhaseCheckpointer(tmp_path, 0, "abc")
+    ckpt.save(2, state)
+    ckpt.close()  # a crash or Ctrl-C mid-task: the state stays, to go on from
+    assert sorted(p.name for p in (tmp_path / DIRNAME).iterdir()) == ["1"]
+    ckpt = PhaseCheckpointer(tmp_path, 0, "abc")
+    assert ckpt.restore(2, *_fresh()).epoch == 1
+    ckpt.clear()  # the task's checkpoint is committed
+    ckpt.close()
+    assert not (tmp_path / DIRNAME).exists()
+    PhaseCheckpointer(tmp_path, 0, "abc").close()  # a run that saved nothing leaves nothing
+    assert not (tmp_path / DIRNAME).exists()
+
+
 def test_due_follows_the_interval(tmp_path, monkeypatch):
     clock = [100.0]
     monkeypatch.setattr("ctr_jax.training.resume.time.perf_counter", lambda: clock[0])

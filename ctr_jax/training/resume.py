@@ -11,11 +11,13 @@ goes on from there gives the same results, bit for bit on CPU, as a run never st
 
 Layout: ``<run>/task_in_progress/<epochs finished>/`` (orbax steps, the newest kept, written
 atomically as the task checkpoints are); the loop clears it once the task's checkpoint is
-committed. A state left from another task (a crash between the two) is never restored.
+committed, and removes the folder when the run ends with nothing in it. A state left from another
+task (a crash between the two) is never restored.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -164,4 +166,8 @@ class PhaseCheckpointer:
         self._ckpt.clear()
 
     def close(self) -> None:
+        """Releases orbax's threads, and removes the folder when nothing is left in it to resume
+        from (a finished run), so that a finished run holds no empty ``task_in_progress/``."""
         self._ckpt.close()
+        with contextlib.suppress(OSError):  # not empty (a state to go on from) or already gone
+            self._ckpt.directory.rmdir()
