@@ -39,10 +39,11 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import orbax.checkpoint as ocp
+
+from ctr_jax.closing import Closing
 
 PyTree = Any  # nested dicts of arrays; jaxtyping is not a dependency
 _log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ if not any(isinstance(f, _QuietOrbax) for f in _absl_logger.filters):
     _absl_logger.addFilter(_QuietOrbax())
 
 
-class TaskCheckpointer:
+class TaskCheckpointer(Closing):
     """Checkpoints under `directory`; step number == index of the finished task (0-based).
 
     Args:
@@ -164,14 +165,3 @@ class TaskCheckpointer:
     def close(self) -> None:
         """Waits for pending work and releases orbax's threads."""
         self._manager.close()
-
-    def __enter__(self) -> TaskCheckpointer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

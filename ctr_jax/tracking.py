@@ -24,10 +24,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
+
+from ctr_jax.closing import Closing
 
 METRICS_FILE = "metrics.jsonl"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -91,7 +92,7 @@ class Writer(Protocol):
     def close(self) -> None: ...
 
 
-class MetricWriter:
+class MetricWriter(Closing):
     """Appends one JSON object per line to <run_dir>/metrics.jsonl; flushes every write.
 
     Usable as a context manager. Each record is {"kind": kind, **fields}, fields converted by the
@@ -116,36 +117,14 @@ class MetricWriter:
         """Closes the file; calling it twice is harmless."""
         self._file.close()
 
-    def __enter__(self) -> MetricWriter:
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class NullWriter:
+class NullWriter(Closing):
     """Same interface as MetricWriter; discards everything (for tests)."""
 
     def write(self, kind: str, **fields: Any) -> None:
         del kind, fields
 
     def close(self) -> None:
-        pass
-
-    def __enter__(self) -> NullWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
         pass
 
 

@@ -154,9 +154,22 @@ def test_resume_after_interruption_gives_identical_matrices(world, full_run, mon
             raise KeyboardInterrupt
         return real(ctx, phase, *args, **kwargs)
 
+    closed = []
+    for name in ("MetricWriter", "TaskCheckpointer", "PhaseCheckpointer"):
+        cls = getattr(loop, name)
+        recording = type(
+            name, (cls,), {"close": lambda self, c=cls: closed.append(c) or c.close(self)}
+        )
+        monkeypatch.setattr(loop, name, recording)
     monkeypatch.setattr(loop, "_learn_phase", crash_on_second_task)
     with pytest.raises(KeyboardInterrupt):
         loop.run(_cfg(world, "resumed"))
+    # what the run opened is closed by the interruption too (no file or orbax thread leaks)
+    assert sorted(c.__name__ for c in closed) == [
+        "MetricWriter",
+        "PhaseCheckpointer",
+        "TaskCheckpointer",
+    ]
     monkeypatch.setattr(loop, "_learn_phase", real)
     with count_compiles("train_step") as compiles:
         res = loop.run(_cfg(world, "resumed"))

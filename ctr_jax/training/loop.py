@@ -445,11 +445,13 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
     primary = is_primary()
     # The other processes of a distributed run log warnings only: their progress is process 0's.
     setup_logging(cfg.log_level if primary else "WARNING")
-    with _run_dir_lock(cfg.run_dir, primary):
-        return _run(cfg, writer, primary)
+    # The stack closes what _run opens (metric file, orbax managers) by an error or Ctrl-C too,
+    # so that a run called in-process (a notebook, a sweep) leaks no file or thread when it stops.
+    with _run_dir_lock(cfg.run_dir, primary), contextlib.ExitStack() as closing:
+        return _run(cfg, writer, primary, closing)
 
 
-def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
+def _run(cfg: ExperimentConfig, writer, primary: bool, closing: contextlib.ExitStack) -> RunResult:
     new_run_dir = primary and _check_run_dir(cfg)
     if cfg.train.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get(
         "XLA_FLAGS", ""
@@ -461,9 +463,8 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     method = get_method(cfg.method)
     keep = cfg.train.keep_checkpoints
     run_dir = cfg.run_dir
-    own_writer = writer is None
     if writer is None:
-        writer = MetricWriter(run_dir) if primary else NullWriter()
+        writer = closing.enter_context(MetricWriter(run_dir) if primary else NullWriter())
 
     tasks = load_tasks(cfg)
     if not tasks:
@@ -519,13 +520,15 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
     root_key = jax.random.key(cfg.seed)
     train_key = jax.random.fold_in(root_key, 1)
     evaluate = Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
-    progress = PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, run_fingerprint(cfg))
+    progress = closing.enter_context(
+        PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, run_fingerprint(cfg))
+    )
     ctx = _TaskContext(
         cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names,
         progress,
     )  # fmt: skip
 
-    ckpt = TaskCheckpointer(run_dir / "checkpoints", keep=keep)
+    ckpt = closing.enter_context(TaskCheckpointer(run_dir / "checkpoints", keep=keep))
     start = 0
     resumed = ckpt.latest_task()
     if resumed is not None:
@@ -577,13 +580,9 @@ def _run(cfg: ExperimentConfig, writer, primary: bool) -> RunResult:
         progress.clear()  # the task's checkpoint is committed: its epochs are not needed
         if primary:
             _write_results(cfg, method, run_dir, names, acc, mf1, str(backbone), pooling, support)
-    ckpt.close()
-    progress.close()
     done = int(np.sum(~np.isnan(np.diag(acc))))
     summary = metrics.summarize(acc[:done, :done], mf1[:done, :done]) if done else {}
     log.info("done: %s", json.dumps(summary))
-    if own_writer:
-        writer.close()
     return RunResult(run_dir, names, acc, mf1, summary, run_dir / "checkpoints", resumed, trainable)
 
 

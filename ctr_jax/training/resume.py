@@ -30,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from ctr_jax.checkpoint import TaskCheckpointer
+from ctr_jax.closing import Closing
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def _unflat(like, flat: dict[str, Any]):
     return jax.tree.unflatten(treedef, [jnp.asarray(flat[f"{i:05d}"]) for i in range(len(leaves))])
 
 
-class PhaseCheckpointer:
+class PhaseCheckpointer(Closing):
     """Saves and restores the `PhaseState` of the task in progress under `run_dir`/task_in_progress.
 
     Args:
