@@ -54,18 +54,13 @@ from flax import nnx
 
 from ctr_jax.checkpoint import TaskCheckpointer
 from ctr_jax.config import ConfigError
+from ctr_jax.models.bert import resolve_backbone
 from ctr_jax.models.variables import GROUPS, group_of, groups_present
 from ctr_jax.parallel import DataParallel
 from ctr_jax.tracking import setup_logging
 from ctr_jax.training import step
-from ctr_jax.training.loop import (
-    Evaluator,
-    TrainedRun,
-    build_model,
-    load_trained,
-    resolve_backbone,
-    restore_task,
-)
+from ctr_jax.training.loop import Evaluator, build_model
+from ctr_jax.training.trained import TrainedRun, load_trained, restore_task
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ the accuracy it is worth.
     python -m ctr_jax.transfer runs/asc_ctr [--task K] [--split test] [--out DIR]
 
 Loads the run folder's newest checkpoint, or with ``--task K`` the one after task K (0-based;
-``loop.load_trained``; files ``transfer_after_K.*``), and evaluates every learned task
+``trained.load_trained``; files ``transfer_after_K.*``), and evaluates every learned task
 u on its split in evaluation mode (s = s_max, the run's router noise and evaluation keys, so the
 accuracies equal row ``last`` of the run's accuracy matrix; the tool checks that they do). For a
 CTR or B-CL run it writes to ``--out`` (default: the run folder):
@@ -70,7 +70,8 @@ from ctr_jax.data.tokenize import Encoded
 from ctr_jax.models.bert import resolve_backbone
 from ctr_jax.tracking import setup_logging
 from ctr_jax.training import optim
-from ctr_jax.training.loop import TrainedRun, build_model, load_trained
+from ctr_jax.training.loop import build_model
+from ctr_jax.training.trained import TrainedRun, load_trained
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ import numpy as np
 from ctr_jax import metrics, transfer
 from ctr_jax.config import ConfigError
 from ctr_jax.models import plugins
-from ctr_jax.training import loop
+from ctr_jax.training import trained
 
 MODES = ("argmax", "noisy", "expected")
 
@@ -57,7 +57,7 @@ def _gate(mode: str) -> Iterator[None]:
         plugins.hard_gumbel_gate = hard
 
 
-def gate_scores(run: loop.TrainedRun) -> dict[str, dict]:
+def gate_scores(run: trained.TrainedRun) -> dict[str, dict]:
     """mode -> {"acc", "mf1": means over the learned tasks; "acc_tasks", "mf1_tasks": [T]}.
 
     Raises ConfigError for a run without transfer routing, or if ``argmax`` does not reproduce
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="also write the scores as JSON")
     args = parser.parse_args(argv)
     try:
-        run = loop.load_trained(args.run_dir, args.task)
+        run = trained.load_trained(args.run_dir, args.task)
         scores = gate_scores(run)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

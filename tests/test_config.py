@@ -95,18 +95,18 @@ def test_a_run_folder_from_before_a_new_key_keeps_its_fingerprint(tmp_path):
     folder resumes, and its saved epochs stay keyed by the fingerprint it was made under."""
     import json
 
-    from ctr_jax.training import loop
+    from ctr_jax.training import rundir
 
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old"])
-    assert loop.run_fingerprint(cfg) == cfg.fingerprint()  # no folder yet
+    assert rundir.run_fingerprint(cfg) == cfg.fingerprint()  # no folder yet
     saved = cfg.to_dict()
     del saved["train"]["ksm_lr_scale"]
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "f0", "config": saved}))
-    loop._check_run_dir(cfg)
-    assert loop.run_fingerprint(cfg) == "f0"
+    rundir.check_run_dir(cfg)
+    assert rundir.run_fingerprint(cfg) == "f0"
     with pytest.raises(ConfigError, match=r"train\.ksm_lr_scale"):
-        loop._check_run_dir(
+        rundir.check_run_dir(
             load_config(None, [f"runs_dir={tmp_path}", "name=old", "train.ksm_lr_scale=2"])
         )
 
@@ -117,7 +117,7 @@ def test_a_run_folder_from_before_the_layernorm_rate_key_resumes_at_rate_one_onl
     import json
 
     from ctr_jax.config import with_legacy_values
-    from ctr_jax.training import loop
+    from ctr_jax.training import rundir
 
     assert ExperimentConfig().train.layernorm_lr_scale == 0.05
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old", "train.layernorm_lr_scale=1"])
@@ -126,9 +126,9 @@ def test_a_run_folder_from_before_the_layernorm_rate_key_resumes_at_rate_one_onl
     assert with_legacy_values(saved)["train"]["layernorm_lr_scale"] == 1.0
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "0", "config": saved}))
-    loop._check_run_dir(cfg)
+    rundir.check_run_dir(cfg)
     with pytest.raises(ConfigError, match=r"train\.layernorm_lr_scale"):
-        loop._check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
+        rundir.check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
 
 
 def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_path):
@@ -137,16 +137,16 @@ def test_a_run_folder_from_before_the_pooling_key_does_not_resume_as_auto(tmp_pa
     with model.pooling=pooler it resumes."""
     import json
 
-    from ctr_jax.training import loop
+    from ctr_jax.training import rundir
 
     cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old", "model.pooling=pooler"])
     saved = cfg.to_dict()
     del saved["model"]["pooling"]
     cfg.run_dir.mkdir(parents=True)
     (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "0", "config": saved}))
-    loop._check_run_dir(cfg)  # the same config: resumes
+    rundir.check_run_dir(cfg)  # the same config: resumes
     with pytest.raises(ConfigError, match=r"model\.pooling"):
-        loop._check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
+        rundir.check_run_dir(load_config(None, [f"runs_dir={tmp_path}", "name=old"]))
 
 
 @pytest.mark.parametrize(
@@ -184,7 +184,7 @@ def test_a_dsc_run_folder_from_before_data_seed_resumes_only_with_its_data(tmp_p
     the key; with data.seed=1 it resumes. An ASC run of seed 1 resumes as it is."""
     import json
 
-    from ctr_jax.training import loop
+    from ctr_jax.training import rundir
 
     for benchmark, refused in (("dsc_small", True), ("asc", False)):
         base = [f"runs_dir={tmp_path}", f"name=old_{benchmark}", f"data.benchmark={benchmark}"]
@@ -195,10 +195,10 @@ def test_a_dsc_run_folder_from_before_data_seed_resumes_only_with_its_data(tmp_p
         (cfg.run_dir / "config.json").write_text(json.dumps({"fingerprint": "0", "config": saved}))
         if refused:
             with pytest.raises(ConfigError, match=r"data\.seed"):
-                loop._check_run_dir(cfg)
-            loop._check_run_dir(load_config(None, [*base, "seed=1", "data.seed=1"]))
+                rundir.check_run_dir(cfg)
+            rundir.check_run_dir(load_config(None, [*base, "seed=1", "data.seed=1"]))
         else:
-            loop._check_run_dir(cfg)
+            rundir.check_run_dir(cfg)
 
 
 # ------------------------------------------------------------------- value ranges

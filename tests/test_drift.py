@@ -12,7 +12,7 @@ from flax import nnx
 from ctr_jax import drift
 from ctr_jax.config import ConfigError
 from ctr_jax.methods import get_method
-from ctr_jax.training import loop, step
+from ctr_jax.training import step, trained
 from tests.helpers import tiny_model
 
 
@@ -80,8 +80,8 @@ def test_change_norms_by_hand():
 def check_drift(run_dir, tmp_path):
     """The drift report of a finished 2-task CTR run folder is consistent with it. Called by
     tests/test_loop.py on its CTR run (a run of its own here would double CI time)."""
-    after = loop.load_trained(run_dir)
-    before = loop.restore_task(after, run_dir, 0)
+    after = trained.load_trained(run_dir)
+    before = trained.restore_task(after, run_dir, 0)
     assert (before.last_task, after.last_task) == (0, 1)
     start = drift.start_state(after)
     report = drift.analyse(before, after, start=start)  # raises if an accuracy differs
@@ -109,7 +109,7 @@ def check_drift(run_dir, tmp_path):
     with pytest.raises(ConfigError, match="sequential method"):
         drift.analyse(before, dataclasses.replace(after, method=get_method("one")))
     with pytest.raises(ConfigError, match=r"no checkpoint after task 5.*\[0, 1\]"):
-        loop.restore_task(after, run_dir, 5)
+        trained.restore_task(after, run_dir, 5)
     table = drift.write_table(report)
     assert "layernorms reverted" in table and row["task"] in table
     assert "since the run's start" in table

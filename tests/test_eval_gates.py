@@ -11,7 +11,7 @@ import pytest
 from ctr_jax.config import ConfigError
 from ctr_jax.methods import get_method
 from ctr_jax.models import plugins
-from ctr_jax.training import loop
+from ctr_jax.training import trained
 from tests.helpers import load_script
 
 
@@ -38,7 +38,7 @@ def check_gates(run_dir, tmp_path):
     """The three modes on a finished 2-task CTR run folder (called by tests/test_loop.py on its
     run, like tests/test_transfer.py's check_report)."""
     mod = _script()
-    run = loop.load_trained(run_dir)
+    run = trained.load_trained(run_dir)
     scores = mod.gate_scores(run)
     assert set(scores) == set(mod.MODES)
     results = json.loads((run_dir / "results.json").read_text())

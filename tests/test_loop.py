@@ -13,7 +13,7 @@ from ctr_jax.data.custom import load_custom
 from ctr_jax.data.synthetic import write_synthetic_tasks, write_tiny_backbone
 from ctr_jax.metrics import read_results
 from ctr_jax.tracking import read_metrics
-from ctr_jax.training import loop
+from ctr_jax.training import loop, trained
 from tests.helpers import count_compiles
 from tests.test_drift import check_drift
 from tests.test_eval_gates import check_gates
@@ -256,7 +256,7 @@ def test_freeze_layernorms_keeps_a_runs_layernorms_pretrained(world):
     loop.run(cfg)
     with TaskCheckpointer(cfg.run_dir / "checkpoints") as ckpt:
         assert ckpt.all_tasks() == [1]  # train.keep_checkpoints=1: the newest only
-    run = loop.load_trained(cfg.run_dir)
+    run = trained.load_trained(cfg.run_dir)
     fresh = drift.start_state(run)  # the pretrained LayerNorms, the plugins' initial values
 
     def same(part):
@@ -340,7 +340,7 @@ def test_select_by_acc_keeps_the_epoch_of_the_highest_dev_accuracy(world, monkey
     assert select[0]["epoch"] == _expected_selection(epochs, "acc") == 2
     assert (select[0]["dev_loss"], select[0]["dev_acc"]) == scripted[2]
     assert len(set(sums)) == 4  # every epoch moved the weights
-    assert _weight_sum(loop.load_trained(cfg.run_dir).trainable) == sums[2]
+    assert _weight_sum(trained.load_trained(cfg.run_dir).trainable) == sums[2]
 
 
 def test_an_unknown_selection_rule_is_refused_by_name(world):

@@ -12,7 +12,7 @@ import pytest
 from ctr_jax import transfer
 from ctr_jax.config import ConfigError
 from ctr_jax.methods import get_method
-from ctr_jax.training import loop, step
+from ctr_jax.training import step, trained
 from tests.helpers import open_router, random_batch, tiny_model
 
 
@@ -110,7 +110,7 @@ def test_routed_part_is_the_ksm_output_less_its_bias():
 def check_report(run_dir, tmp_path):
     """The transfer report of a finished 2-task CTR run folder is consistent with it.
     Called by tests/test_loop.py on its CTR run (a run of its own here would double CI time)."""
-    run = loop.load_trained(run_dir)
+    run = trained.load_trained(run_dir)
     assert run.last_task == 1 and run.method.name == "ctr"
     report = transfer.analyse(run)  # raises if the test accuracies differ from the run's
     results = json.loads((run_dir / "results.json").read_text())

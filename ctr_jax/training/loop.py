@@ -38,11 +38,8 @@ from flax import nnx
 from ctr_jax import metrics
 from ctr_jax.checkpoint import TaskCheckpointer
 from ctr_jax.config import (
-    UNFINGERPRINTED,
     ConfigError,
     ExperimentConfig,
-    from_dict,
-    with_legacy_values,
 )
 from ctr_jax.data import batching
 from ctr_jax.data.benchmarks import load_benchmark
@@ -67,7 +64,7 @@ from ctr_jax.tracking import (
     setup_logging,
     time_left,
 )
-from ctr_jax.training import optim, step
+from ctr_jax.training import optim, rundir, snapshot, step
 from ctr_jax.training.resume import PhaseCheckpointer, PhaseState
 
 log = logging.getLogger(__name__)
@@ -131,75 +128,6 @@ def load_tasks(cfg: ExperimentConfig) -> list[Task]:
     return tasks
 
 
-def run_fingerprint(cfg: ExperimentConfig) -> str:
-    """The fingerprint the run folder was made under (its config.json's), else the config's.
-
-    The saved state of a task in progress is keyed by it, so a run that ``_check_run_dir``
-    accepts under a later version of ctr-jax (one that added a key at its default, which
-    changes the fingerprint, not the run) still goes on from its last saved epoch.
-    """
-    path = cfg.run_dir / "config.json"
-    if path.exists():
-        return json.loads(path.read_text()).get("fingerprint", cfg.fingerprint())
-    return cfg.fingerprint()
-
-
-def _check_run_dir(cfg: ExperimentConfig) -> bool:
-    """Refuses a run folder made with a different config; True if it has no config.json yet.
-
-    Keys the saved config lacks (added by a later version of ctr-jax) count as equal when the new
-    value is their default, so a run started before such a key existed still resumes; a key of
-    ``LEGACY_VALUES`` counts as the value such a run used instead (model.pooling: "pooler").
-    """
-    run_dir = cfg.run_dir
-    path = run_dir / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
-        if saved.get("fingerprint") != cfg.fingerprint():
-            old, new = with_legacy_values(saved.get("config", {})), cfg.results_dict()
-            defaults = ExperimentConfig().results_dict()
-            diff = sorted(_diff_keys(old, new, defaults))
-            if diff:
-                raise ConfigError(
-                    f"{run_dir} holds a run made with a different config (differs at {diff}). "
-                    "Use another name (--set name=...) or delete the folder."
-                )
-        return False
-    return True
-
-
-def _write_run_config(cfg: ExperimentConfig) -> None:
-    """Writes the run folder's config.json (atomically), which binds the folder to the config.
-
-    Called once the data, backbone and model are set up, so a run that fails on bad input leaves
-    no config.json behind to refuse the corrected rerun into the same folder.
-    """
-    path = cfg.run_dir / "config.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(
-        json.dumps({"fingerprint": cfg.fingerprint(), "config": cfg.to_dict()}, indent=2)
-    )
-    os.replace(tmp, path)
-
-
-_MISSING = object()
-
-
-def _diff_keys(old, new, defaults, prefix=""):
-    """Dotted keys where config dicts differ; a key absent from `old` with its default is equal."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for k in set(old) | set(new):
-            if f"{prefix}{k}" in UNFINGERPRINTED:
-                continue
-            d = defaults.get(k, _MISSING) if isinstance(defaults, dict) else _MISSING
-            yield from _diff_keys(old.get(k, _MISSING), new.get(k, _MISSING), d, f"{prefix}{k}.")
-    elif old is _MISSING and new == defaults:
-        return
-    elif old != new:
-        yield prefix.rstrip(".")
-
-
 def _release_heap() -> None:
     """Hands freed heap pages back to the OS (glibc ``malloc_trim``); a no-op elsewhere.
 
@@ -229,35 +157,6 @@ def _cast_kernels(frozen: nnx.State, dtype: str) -> nnx.State:
         return v.astype(jnp.dtype(dtype)) if "kernel" in names else v
 
     return jax.tree_util.tree_map_with_path(cast, frozen)
-
-
-def _flat(state: nnx.State) -> dict[str, jax.Array]:
-    """State -> {"path.to.leaf": array}, the form written to checkpoints."""
-    leaves = jax.tree_util.tree_leaves_with_path(state)
-    return {
-        ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in p): v for p, v in leaves
-    }
-
-
-def _unflat(like: nnx.State, flat: dict[str, jax.Array]) -> nnx.State:
-    paths = list(_flat(like))
-    treedef = jax.tree_util.tree_structure(like)
-    return jax.tree_util.tree_unflatten(treedef, [jnp.asarray(flat[p]) for p in paths])
-
-
-def _saveable(trainable, masks: hat.HatMasks, acc, mf1, root_key) -> dict:
-    """Everything a resume needs; the frozen encoder is reloaded from the backbone instead.
-
-    The small leaves go to orbax as numpy: in a multi-process run it refuses jax arrays that
-    live on one process's device only (the key, masks made outside the mesh).
-    """
-    return {
-        "trainable": _flat(trainable),
-        "masks": {"m1": np.asarray(masks.m1), "m2": np.asarray(masks.m2)},
-        "acc": acc,
-        "mf1": mf1,
-        "root_key": np.asarray(jax.random.key_data(root_key)),
-    }
 
 
 class Evaluator:
@@ -292,44 +191,6 @@ class Evaluator:
         }
 
 
-@contextlib.contextmanager
-def _run_dir_lock(run_dir: Path, take: bool):
-    """Holds an exclusive lock on <run_dir>/.lock for the run (when `take`).
-
-    Why: two processes learning into one run folder (a sweep started twice, a second shell)
-    would interleave checkpoints and results. The lock is an OS file lock, so it dies with its
-    process: a crashed or killed run never leaves the folder locked. A no-op without fcntl.
-    """
-    if not take:
-        yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
-        yield
-        return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / ".lock"
-    with path.open("a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            raise ConfigError(
-                f"{run_dir} is in use by another run (pid {holder}); wait for it to finish or "
-                "stop it, then rerun to resume"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def build_model(
     cfg: ExperimentConfig, method: Method, tasks: list[Task], backbone: Path
 ) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
@@ -352,88 +213,6 @@ def build_model(
     return graphdef, trainable, _cast_kernels(frozen, cfg.model.compute_dtype)
 
 
-@dataclasses.dataclass
-class TrainedRun:
-    """A run folder's model at one task checkpoint, rebuilt for analysis (``load_trained``)."""
-
-    cfg: ExperimentConfig
-    method: Method
-    tasks: list[Task]
-    encoded: list[dict[str, Encoded]]  # per task: "train" / "dev" / "test"
-    graphdef: nnx.GraphDef
-    trainable: nnx.State
-    frozen: nnx.State
-    masks: hat.HatMasks
-    acc: np.ndarray  # [T, T] as in results.json, NaN where not evaluated
-    mf1: np.ndarray
-    last_task: int  # index of the task (phase) after which the state was saved
-
-
-def load_trained(run_dir: Path, task: int | None = None) -> TrainedRun:
-    """Rebuilds a run folder's model from its config.json and the checkpoint after task `task`
-    (0-based; None = the newest).
-
-    Raises ConfigError naming the folder if it has no config.json or no finished task, or if
-    the run keeps no checkpoint after `task` (it names those it keeps).
-    """
-    run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    try:
-        raw = json.loads(config_file.read_text())
-    except OSError as e:
-        raise ConfigError(f"{config_file}: cannot read the run's config ({e.strerror})") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_file}: invalid JSON ({e})") from e
-    if not isinstance(raw, dict) or "config" not in raw:
-        raise ConfigError(f"{config_file}: no 'config' key (not a run folder's config.json)")
-    cfg = from_dict(ExperimentConfig, with_legacy_values(raw["config"]))
-    method = get_method(cfg.method)
-    tasks = load_tasks(cfg)
-    backbone = resolve_backbone(cfg.model.backbone)
-    text = TextEncoder(backbone, cfg.data.max_len)
-    encoded = [{s: text.encode(task.split(s)) for s in ("train", "dev", "test")} for task in tasks]
-    graphdef, trainable, frozen = build_model(cfg, method, tasks, backbone)
-    P, D = trainable["plugins"]["w2"][...].shape[0], trainable["plugins"]["w2"][...].shape[2]
-    T = len(tasks)
-    empty = np.full((T, T), np.nan)
-    run = TrainedRun(
-        cfg, method, tasks, encoded, graphdef, trainable, frozen,
-        hat.HatMasks.zeros(P, cfg.model.tsm_width, D), empty, empty, -1,
-    )  # fmt: skip
-    return restore_task(run, run_dir, task)
-
-
-def restore_task(run: TrainedRun, run_dir: Path, task: int | None = None) -> TrainedRun:
-    """`run` with its state (trainable, masks, matrices) read from the checkpoint of `run_dir`
-    after task `task` (None = the newest): another task's state of the same rebuilt model.
-
-    Raises ConfigError as ``load_trained``.
-    """
-    checkpoints = Path(run_dir) / "checkpoints"
-    with TaskCheckpointer(checkpoints) as ckpt:
-        kept = ckpt.all_tasks()
-        if not kept:
-            raise ConfigError(f"{checkpoints}: no finished task to analyse")
-        last = kept[-1] if task is None else task
-        if last not in kept:
-            raise ConfigError(
-                f"{checkpoints}: no checkpoint after task {task} (0-based); the run keeps "
-                f"those after tasks {kept}"
-            )
-        like = _saveable(run.trainable, run.masks, run.acc, run.mf1, jax.random.key(run.cfg.seed))
-        state, _ = ckpt.restore(last, like)
-    return dataclasses.replace(
-        run,
-        trainable=_unflat(run.trainable, state["trainable"]),
-        masks=hat.HatMasks(
-            m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"])
-        ),
-        acc=np.array(state["acc"]),
-        mf1=np.array(state["mf1"]),
-        last_task=last,
-    )
-
-
 def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) -> RunResult:
     """Learns the config's task stream with its method; resumes after the last finished task.
 
@@ -447,12 +226,12 @@ def run(cfg: ExperimentConfig, writer: MetricWriter | NullWriter | None = None) 
     setup_logging(cfg.log_level if primary else "WARNING")
     # The stack closes what _run opens (metric file, orbax managers) by an error or Ctrl-C too,
     # so that a run called in-process (a notebook, a sweep) leaks no file or thread when it stops.
-    with _run_dir_lock(cfg.run_dir, primary), contextlib.ExitStack() as closing:
+    with rundir.run_dir_lock(cfg.run_dir, primary), contextlib.ExitStack() as closing:
         return _run(cfg, writer, primary, closing)
 
 
 def _run(cfg: ExperimentConfig, writer, primary: bool, closing: contextlib.ExitStack) -> RunResult:
-    new_run_dir = primary and _check_run_dir(cfg)
+    new_run_dir = primary and rundir.check_run_dir(cfg)
     if cfg.train.deterministic and "--xla_gpu_deterministic_ops" not in os.environ.get(
         "XLA_FLAGS", ""
     ):
@@ -482,7 +261,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool, closing: contextlib.ExitS
 
     graphdef, trainable, frozen = build_model(cfg, method, tasks, backbone)
     if new_run_dir:
-        _write_run_config(cfg)
+        rundir.write_run_config(cfg)
     dp = DataParallel.create(cfg.parallel.num_devices)
     dp.check_batch_size(cfg.train.batch_size, "train.batch_size")
     dp.check_batch_size(cfg.train.eval_batch_size, "train.eval_batch_size")
@@ -521,7 +300,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool, closing: contextlib.ExitS
     train_key = jax.random.fold_in(root_key, 1)
     evaluate = Evaluator(eval_step, frozen, cfg, jax.random.fold_in(root_key, 2), dp)
     progress = closing.enter_context(
-        PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, run_fingerprint(cfg))
+        PhaseCheckpointer(run_dir, cfg.train.epoch_checkpoint_s, rundir.run_fingerprint(cfg))
     )
     ctx = _TaskContext(
         cfg, method, frozen, tx, train_step, gates, evaluate, train_key, writer, dp, names,
@@ -532,8 +311,8 @@ def _run(cfg: ExperimentConfig, writer, primary: bool, closing: contextlib.ExitS
     start = 0
     resumed = ckpt.latest_task()
     if resumed is not None:
-        state, meta = ckpt.restore(resumed, _saveable(trainable, masks, acc, mf1, root_key))
-        trainable = dp.replicate(_unflat(trainable, state["trainable"]))
+        state, meta = ckpt.restore(resumed, snapshot.saveable(trainable, masks, acc, mf1, root_key))
+        trainable = dp.replicate(snapshot.unflat(trainable, state["trainable"]))
         masks = dp.replicate(
             hat.HatMasks(m1=jnp.asarray(state["masks"]["m1"]), m2=jnp.asarray(state["masks"]["m2"]))
         )
@@ -569,7 +348,7 @@ def _run(cfg: ExperimentConfig, writer, primary: bool, closing: contextlib.ExitS
         )
         ckpt.save(
             t,
-            _saveable(trainable, masks, acc, mf1, root_key),
+            snapshot.saveable(trainable, masks, acc, mf1, root_key),
             {
                 "task": names[t],
                 "task_index": t,

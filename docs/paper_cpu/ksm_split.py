@@ -17,7 +17,7 @@ from flax import nnx
 
 from ctr_jax import drift
 from ctr_jax.models.variables import group_of
-from ctr_jax.training.loop import load_trained
+from ctr_jax.training.trained import load_trained
 
 
 def _is_var(x) -> bool:
