@@ -111,6 +111,21 @@ def test_a_run_folder_from_before_a_new_key_keeps_its_fingerprint(tmp_path):
         )
 
 
+@pytest.mark.parametrize("text, error", [("{not json", "invalid JSON"),
+                                         ('{"fingerprint": "f0"}', "no 'config' key")])  # fmt: skip
+def test_a_damaged_run_config_is_refused_naming_the_file(tmp_path, text, error):
+    """A hand-edited or foreign config.json in a run folder stops a rerun with a ConfigError
+    that names the file, not a bare JSON traceback."""
+    from ctr_jax.training import rundir
+
+    cfg = load_config(None, [f"runs_dir={tmp_path}", "name=old"])
+    cfg.run_dir.mkdir(parents=True)
+    (cfg.run_dir / "config.json").write_text(text)
+    for check in (rundir.check_run_dir, rundir.run_fingerprint):
+        with pytest.raises(ConfigError, match=rf"old/config\.json: {error}"):
+            check(cfg)
+
+
 def test_a_run_folder_from_before_the_layernorm_rate_key_resumes_at_rate_one_only(tmp_path):
     """Before train.layernorm_lr_scale existed the LayerNorms trained at the shared lr: such a
     folder is refused at today's default (0.05), naming the key, and resumes with 1."""

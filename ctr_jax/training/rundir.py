@@ -14,6 +14,23 @@ from pathlib import Path
 from ctr_jax.config import UNFINGERPRINTED, ConfigError, ExperimentConfig, with_legacy_values
 
 
+def read_run_config(run_dir: Path) -> dict:
+    """The run folder's config.json as {"fingerprint": ..., "config": {...}}.
+
+    Raises ConfigError naming the file if it cannot be read, is not JSON, or has no "config".
+    """
+    config_file = Path(run_dir) / "config.json"
+    try:
+        raw = json.loads(config_file.read_text())
+    except OSError as e:
+        raise ConfigError(f"{config_file}: cannot read the run's config ({e.strerror})") from e
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_file}: invalid JSON ({e})") from e
+    if not isinstance(raw, dict) or "config" not in raw:
+        raise ConfigError(f"{config_file}: no 'config' key (not a run folder's config.json)")
+    return raw
+
+
 def run_fingerprint(cfg: ExperimentConfig) -> str:
     """The fingerprint the run folder was made under (its config.json's), else the config's.
 
@@ -21,9 +38,8 @@ def run_fingerprint(cfg: ExperimentConfig) -> str:
     accepts under a later version of ctr-jax (one that added a key at its default, which
     changes the fingerprint, not the run) still goes on from its last saved epoch.
     """
-    path = cfg.run_dir / "config.json"
-    if path.exists():
-        return json.loads(path.read_text()).get("fingerprint", cfg.fingerprint())
+    if (cfg.run_dir / "config.json").exists():
+        return read_run_config(cfg.run_dir).get("fingerprint", cfg.fingerprint())
     return cfg.fingerprint()
 
 
@@ -35,11 +51,10 @@ def check_run_dir(cfg: ExperimentConfig) -> bool:
     ``LEGACY_VALUES`` counts as the value such a run used instead (model.pooling: "pooler").
     """
     run_dir = cfg.run_dir
-    path = run_dir / "config.json"
-    if path.exists():
-        saved = json.loads(path.read_text())
+    if (run_dir / "config.json").exists():
+        saved = read_run_config(run_dir)
         if saved.get("fingerprint") != cfg.fingerprint():
-            old, new = with_legacy_values(saved.get("config", {})), cfg.results_dict()
+            old, new = with_legacy_values(saved["config"]), cfg.results_dict()
             defaults = ExperimentConfig().results_dict()
             diff = sorted(_diff_keys(old, new, defaults))
             if diff:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
@@ -18,6 +17,7 @@ from ctr_jax.data.tokenize import Encoded, TextEncoder
 from ctr_jax.methods import Method, get_method
 from ctr_jax.models import hat
 from ctr_jax.models.bert import resolve_backbone
+from ctr_jax.training import rundir
 from ctr_jax.training.loop import build_model, load_tasks
 from ctr_jax.training.snapshot import saveable, unflat
 
@@ -47,15 +47,7 @@ def load_trained(run_dir: Path, task: int | None = None) -> TrainedRun:
     the run keeps no checkpoint after `task` (it names those it keeps).
     """
     run_dir = Path(run_dir)
-    config_file = run_dir / "config.json"
-    try:
-        raw = json.loads(config_file.read_text())
-    except OSError as e:
-        raise ConfigError(f"{config_file}: cannot read the run's config ({e.strerror})") from e
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{config_file}: invalid JSON ({e})") from e
-    if not isinstance(raw, dict) or "config" not in raw:
-        raise ConfigError(f"{config_file}: no 'config' key (not a run folder's config.json)")
+    raw = rundir.read_run_config(run_dir)
     cfg = from_dict(ExperimentConfig, with_legacy_values(raw["config"]))
     method = get_method(cfg.method)
     tasks = load_tasks(cfg)
