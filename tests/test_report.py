@@ -490,17 +490,26 @@ def test_by_a_key_the_method_lacks_is_not_in_its_label(runs, tmp_path):
         ("mtl", "train.ksm_lr_scale=1.0", 1)
     ]
     # Other keys, and keys of a module the method has, stay in the label.
-    assert report._label("hat", "train.lr=0.001, train.ksm_lr_scale=1.0") == "HAT (train.lr=0.001)"
-    assert report._label("bcl", "train.ksm_lr_scale=1.0") == "B-CL (train.ksm_lr_scale=1.0)"
-    assert report._label("ctr", "train.buckets=[32, 64]") == "CTR (train.buckets=[32, 64])"
+    assert (
+        report.labels.method_label("hat", "train.lr=0.001, train.ksm_lr_scale=1.0")
+        == "HAT (train.lr=0.001)"
+    )
+    assert (
+        report.labels.method_label("bcl", "train.ksm_lr_scale=1.0")
+        == "B-CL (train.ksm_lr_scale=1.0)"
+    )
+    assert (
+        report.labels.method_label("ctr", "train.buckets=[32, 64]")
+        == "CTR (train.buckets=[32, 64])"
+    )
 
 
 def test_variants_sort_by_number_not_text():
     variants = ["s=10.0, d=0.02", "s=3.0, d=0.02", "s=1.0, d=1.0", "s=1.0, d=0.02", "s=1e-05"]
-    assert sorted(variants, key=report._variant_key) == [
+    assert sorted(variants, key=report.labels.variant_key) == [
         "s=1e-05", "s=1.0, d=0.02", "s=1.0, d=1.0", "s=3.0, d=0.02", "s=10.0, d=0.02",
     ]  # fmt: skip
-    assert sorted(["pooling=pooler", "pooling=mean"], key=report._variant_key) == [
+    assert sorted(["pooling=pooler", "pooling=mean"], key=report.labels.variant_key) == [
         "pooling=mean", "pooling=pooler",
     ]  # fmt: skip
 
