@@ -341,6 +341,30 @@ def test_seen_task_curve():
     np.testing.assert_allclose(report.seen_task_curve(acc), [90.0, 70.0, 50.0])
 
 
+def test_curve_lines_name_their_orders_where_the_curves_cover_different_runs(runs, tmp_path):
+    lines = report.plots.curve_lines(report.load_runs(report.find_results([runs])), "asc")
+    by = {line["key"][2]: line for line in lines}
+    assert set(by) == {"ctr", "mtl"}  # the unfinished NCL run draws no curve
+    # CTR's curve is over orders 0 and 1, MTL's over order 0: each label says which.
+    assert by["ctr"]["label"] == "CTR: 2 runs (orders 0-1, seed 0)"
+    assert by["mtl"]["label"].endswith(": 1 run (order 0, seed 0)")
+    # Mean over CTR's two runs of the seen-task curves: (90, 85) and (70, 75).
+    np.testing.assert_allclose(by["ctr"]["curve"], [80.0, 80.0])
+    # Curves over the same orders and seeds need no such note.
+    same = tmp_path / "same"
+    for method in ("ctr", "hat"):
+        for order in (0, 1, 2, 4):
+            _run(same, f"{method}_o{order}", method, [[0.9, NAN], [0.8, 0.9]], order=order)
+    labels = [line["label"] for line in report.plots.curve_lines(
+        report.load_runs(report.find_results([same])), "asc")]  # fmt: skip
+    assert labels == ["CTR: 4 runs", "HAT: 4 runs"]
+    _run(same, "hat_o3_s1", "hat", [[0.9, NAN], [0.8, 0.9]], order=3, seed=1)
+    labels = [line["label"] for line in report.plots.curve_lines(
+        report.load_runs(report.find_results([same])), "asc")]  # fmt: skip
+    assert labels == ["CTR: 4 runs (orders 0-2, 4, seed 0)",
+                      "HAT: 5 runs (orders 0-4, seeds 0-1)"]  # fmt: skip
+
+
 def test_bad_input_names_the_file(tmp_path):
     bad = tmp_path / "broken" / "results.json"
     bad.parent.mkdir()

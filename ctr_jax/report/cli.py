@@ -15,7 +15,9 @@ config.json), and writes to --out:
                                never share a row), and the paper's Acc / MF1 (spec §9.1)
     heatmap_<run>.png          each run's accuracy matrix (row = after task, column = task)
     curve_<benchmark>.png      mean accuracy over the tasks seen so far after each task, one line
-                               per method (mean over its runs), all methods in one figure
+                               per method (mean over its runs), all methods in one figure;
+                               where the lines are over different orders or seeds, each
+                               legend entry names its own
     paired.csv (and a section of results.md)
                                --ref's method (CTR by default) against every other method over
                                the runs they share: the same task sequence, order, seed, data

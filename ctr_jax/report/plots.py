@@ -53,35 +53,78 @@ def plot_heatmap(run: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _int_ranges(values: Sequence[int]) -> str:
+    """[0, 1, 2, 4] -> "0-2, 4"."""
+    xs, out = sorted(set(values)), []
+    for x in xs:
+        if out and x == out[-1][1] + 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def _runs_text(runs: Sequence[dict]) -> str:
+    """ "orders 1-4, seed 0": which orders and seeds a curve's runs cover."""
+    parts = []
+    for field, name in (("order", "order"), ("seed", "seed")):
+        values = [r[field] for r in runs if isinstance(r.get(field), int)]
+        if values:
+            plural = "s" if len(set(values)) > 1 else ""
+            parts.append(f"{name}{plural} {_int_ranges(values)}")
+    return ", ".join(parts)
+
+
+def curve_lines(runs: Sequence[dict], bench: str) -> list[dict]:
+    """The curves of `bench`'s figure, in legend order: one per (task count, method, variant)
+    of complete runs, with "key", "runs", "curve" ([T] mean over its runs of
+    ``seen_task_curve``, in %) and "label".
+
+    A label names its run count; where the curves' runs do not cover the same orders and seeds
+    (a variant run on fewer orders than the others), each label also names its orders and seeds,
+    since a mean over orders 1-4 and one over orders 0-4 differ by the orders as well as by
+    the method."""
+    groups: dict[tuple[str, int, str, str], list[dict]] = {}
+    for r in runs:
+        if r["complete"] and r["benchmark"] == bench:
+            key = (bench, len(r["tasks"]), r["method"], r.get("variant", ""))
+            groups.setdefault(key, []).append(r)
+    keys = sorted(groups, key=group_sort_key)
+    several_counts = len({n for _, n, _, _ in keys}) > 1
+    covered = {_runs_text(groups[k]) for k in keys}
+    lines = []
+    for key in keys:
+        _, n_tasks, method, variant = key
+        rs = groups[key]
+        label = method_label(method, variant)
+        if several_counts:
+            label += f" ({n_tasks} tasks)"
+        label += f": {len(rs)} run{'s' if len(rs) > 1 else ''}"
+        if len(covered) > 1:
+            label += f" ({_runs_text(rs)})"
+        curve = np.stack([seen_task_curve(r["acc"]) for r in rs]).mean(0)
+        lines.append({"key": key, "runs": rs, "curve": curve, "label": label})
+    return lines
+
+
 def plot_curves(runs: Sequence[dict], bench: str, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_group: dict[tuple[str, int, str, str], list[np.ndarray]] = {}
-    for r in runs:
-        if r["complete"] and r["benchmark"] == bench:
-            key = (bench, len(r["tasks"]), r["method"], r.get("variant", ""))
-            by_group.setdefault(key, []).append(seen_task_curve(r["acc"]))
+    lines = curve_lines(runs, bench)
     # One colour per method; a method's variants (--by) and task counts share it and differ
     # in line style, so an ablation reads as families of curves. MTL, the reference, starts
     # from dashed. Runs over different numbers of tasks get separate curves.
-    keys = sorted(by_group, key=group_sort_key)
-    methods = sorted({m for _, _, m, _ in keys}, key=method_key)
-    several_counts = len({n for _, n, _, _ in keys}) > 1
+    methods = sorted({line["key"][2] for line in lines}, key=method_key)
     styles = ["-", "--", ":", "-."]
     seen: dict[str, int] = {}
-    for key in keys:
-        _, n_tasks, method, variant = key
-        curves = np.stack(by_group[key])
-        x = np.arange(1, curves.shape[1] + 1)
+    for line in lines:
+        method = line["key"][2]
+        x = np.arange(1, len(line["curve"]) + 1)
         i = seen[method] = seen.get(method, -1) + 1
         style = styles[(i + (method == "mtl")) % len(styles)]
-        n = len(curves)
-        ax.plot(x, curves.mean(0), style, marker="os^Dv<>p"[i % 8], ms=3,
-                color=f"C{methods.index(method) % 10}",
-                label=f"{method_label(method, variant)}"
-                      f"{f' ({n_tasks} tasks)' if several_counts else ''}: "
-                      f"{n} run{'s' if n > 1 else ''}")  # fmt: skip
+        ax.plot(x, line["curve"], style, marker="os^Dv<>p"[i % 8], ms=3,
+                color=f"C{methods.index(method) % 10}", label=line["label"])  # fmt: skip
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
