@@ -80,6 +80,7 @@ def test_max_drop_column_sees_a_recovered_collapse(tmp_path):
         "| NCL | 3 of 19 | 1 | 80.00 | 70.00 | 0.00 | 30.00 | 54.03 | 44.81 |"
         in (out / "results.md").read_text()
     )
+    assert "rows are over different runs" not in (out / "results.md").read_text()  # one row
 
 
 def test_report_writes_tables_and_plots(runs, tmp_path):
@@ -92,8 +93,11 @@ def test_report_writes_tables_and_plots(runs, tmp_path):
     )
     assert "| MTL | 2 of 19 | 1 | 90.00 | 80.00 | - | - | 91.91 | 88.11 |" in md
     assert "ncl_half (ncl, asc): 1 of 2 tasks" in md
+    # CTR's mean is over orders 0 and 1, MTL's over order 0: the table says so.
+    assert "The rows are over different runs: CTR: orders 0-1, seed 0; MTL: order 0, seed 0." in md
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["method"] for r in rows] == ["ctr", "mtl"] and rows[1]["forgetting_mean"] == ""
+    assert [(r["orders"], r["seeds"]) for r in rows] == [("0-1", "0"), ("0", "0")]
     pngs = sorted(p.name for p in out.glob("*.png"))
     assert pngs == ["curve_asc.png", "heatmap_ctr_o0.png", "heatmap_ctr_o1.png",
                     "heatmap_mtl.png", "heatmap_ncl_half.png"]  # fmt: skip

@@ -12,7 +12,9 @@ config.json), and writes to --out:
                                later point, which FR's last row can hide), in %, mean +- std
                                over the runs of a group (orders, seeds), the number of runs and
                                of tasks ("4 of 19" for a slice: a slice and the whole benchmark
-                               never share a row), and the paper's Acc / MF1 (spec §9.1)
+                               never share a row), and the paper's Acc / MF1 (spec §9.1);
+                               the orders and seeds each row's runs include (CSV columns
+                               orders, seeds; a line under the table where rows differ)
     heatmap_<run>.png          each run's accuracy matrix (row = after task, column = task)
     curve_<benchmark>.png      mean accuracy over the tasks seen so far after each task, one line
                                per method (mean over its runs), all methods in one figure;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -74,3 +75,25 @@ def method_label(method: str, variant: str = "") -> str:
         part for part in variant.split(", ") if part and key_applies(method, part.split("=")[0])
     )
     return f"{label} ({shown})" if shown else label
+
+
+def int_ranges(values: Sequence[int]) -> str:
+    """[0, 1, 2, 4] -> "0-2, 4"."""
+    xs, out = sorted(set(values)), []
+    for x in xs:
+        if out and x == out[-1][1] + 1:
+            out[-1][1] = x
+        else:
+            out.append([x, x])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
+
+
+def runs_text(runs: Sequence[dict]) -> str:
+    """ "orders 1-4, seed 0": which orders and seeds a curve's runs cover."""
+    parts = []
+    for field, name in (("order", "order"), ("seed", "seed")):
+        values = [r[field] for r in runs if isinstance(r.get(field), int)]
+        if values:
+            plural = "s" if len(set(values)) > 1 else ""
+            parts.append(f"{name}{plural} {int_ranges(values)}")
+    return ", ".join(parts)

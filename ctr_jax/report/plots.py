@@ -9,7 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ctr_jax.report.labels import BENCH_LABEL, group_sort_key, method_key, method_label
+from ctr_jax.report.labels import (
+    BENCH_LABEL,
+    group_sort_key,
+    method_key,
+    method_label,
+    runs_text,
+)
 
 
 def seen_task_curve(acc: np.ndarray) -> np.ndarray:
@@ -53,28 +59,6 @@ def plot_heatmap(run: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _int_ranges(values: Sequence[int]) -> str:
-    """[0, 1, 2, 4] -> "0-2, 4"."""
-    xs, out = sorted(set(values)), []
-    for x in xs:
-        if out and x == out[-1][1] + 1:
-            out[-1][1] = x
-        else:
-            out.append([x, x])
-    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in out)
-
-
-def _runs_text(runs: Sequence[dict]) -> str:
-    """ "orders 1-4, seed 0": which orders and seeds a curve's runs cover."""
-    parts = []
-    for field, name in (("order", "order"), ("seed", "seed")):
-        values = [r[field] for r in runs if isinstance(r.get(field), int)]
-        if values:
-            plural = "s" if len(set(values)) > 1 else ""
-            parts.append(f"{name}{plural} {_int_ranges(values)}")
-    return ", ".join(parts)
-
-
 def curve_lines(runs: Sequence[dict], bench: str) -> list[dict]:
     """The curves of `bench`'s figure, in legend order: one per (task count, method, variant)
     of complete runs, with "key", "runs", "curve" ([T] mean over its runs of
@@ -91,7 +75,7 @@ def curve_lines(runs: Sequence[dict], bench: str) -> list[dict]:
             groups.setdefault(key, []).append(r)
     keys = sorted(groups, key=group_sort_key)
     several_counts = len({n for _, n, _, _ in keys}) > 1
-    covered = {_runs_text(groups[k]) for k in keys}
+    covered = {runs_text(groups[k]) for k in keys}
     lines = []
     for key in keys:
         _, n_tasks, method, variant = key
@@ -101,7 +85,7 @@ def curve_lines(runs: Sequence[dict], bench: str) -> list[dict]:
             label += f" ({n_tasks} tasks)"
         label += f": {len(rs)} run{'s' if len(rs) > 1 else ''}"
         if len(covered) > 1:
-            label += f" ({_runs_text(rs)})"
+            label += f" ({runs_text(rs)})"
         curve = np.stack([seen_task_curve(r["acc"]) for r in rs]).mean(0)
         lines.append({"key": key, "runs": rs, "curve": curve, "label": label})
     return lines

@@ -15,8 +15,10 @@ from ctr_jax.report.labels import (
     benchmark_tasks,
     fmt,
     group_sort_key,
+    int_ranges,
     mean_std,
     method_label,
+    runs_text,
     tasks_label,
 )
 
@@ -69,6 +71,9 @@ def aggregate(runs: Sequence[dict]) -> list[dict]:
             row["drop_mean"], row["drop_std"] = mean_std([100.0 * max_drop(r["acc"]) for r in rs])
         paper = PAPER.get((method, bench), (math.nan, math.nan))
         row["paper_acc"], row["paper_mf1"] = paper
+        row["orders"] = int_ranges([r["order"] for r in rs if isinstance(r.get("order"), int)])
+        row["seeds"] = int_ranges([r["seed"] for r in rs if isinstance(r.get("seed"), int)])
+        row["covers"] = runs_text(rs)
         rows.append(row)
     return rows
 
@@ -100,6 +105,18 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict], after: int | None
                 f"{fmt(r['drop_mean'], r['drop_std'])} | {paper[0]} | {paper[1]} |"
             )
         out.append("")
+        bench_rows = [r for r in rows if r["benchmark"] == bench]
+        if len({r["covers"] for r in bench_rows}) > 1:
+            # A mean over orders 1-4 beside one over 0-4 differs by the orders too; the paired
+            # section compares like with like.
+            counts = len({r["tasks"] for r in bench_rows}) > 1
+            parts = []
+            for r in bench_rows:
+                name = method_label(r["method"], r["variant"])
+                if counts:
+                    name += f", {tasks_label(bench, r['tasks'])} tasks"
+                parts.append(f"{name}: {r['covers'] or 'no order recorded'}")
+            out.append("The rows are over different runs: " + "; ".join(parts) + ".\n")
     unfinished = [r for r in runs if not r["complete"]]
     if unfinished:
         out.append(
@@ -139,5 +156,5 @@ def markdown_table(rows: Sequence[dict], runs: Sequence[dict], after: int | None
 def csv_table(rows: Sequence[dict]) -> str:
     cols = ["benchmark", "method", "variant", "tasks", "benchmark_tasks", "runs",
             "acc_mean", "acc_std", "mf1_mean", "mf1_std", "forgetting_mean", "forgetting_std",
-            "drop_mean", "drop_std", "paper_acc", "paper_mf1"]  # fmt: skip
+            "drop_mean", "drop_std", "paper_acc", "paper_mf1", "orders", "seeds"]  # fmt: skip
     return to_csv(rows, cols)
